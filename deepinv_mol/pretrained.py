@@ -1,0 +1,314 @@
+r"""Pretrained reconstructors: shipped weights (``deepinv_mol/weights/``) -> ready deepinv ``Reconstructor``.
+
+Learned models (names usable by ``deepinv-mol eval``, ``demo`` and ``certify``):
+
+* ``mol-penalty`` -- :class:`deepinv_mol.optim.MOL` with an unconstrained :class:`~deepinv_mol.models.MonotoneCNN`
+  trained with :class:`~deepinv_mol.loss.LipschitzPenalty`;
+* ``mol-strict`` -- MOL with the spectrally normalised (certified) network;
+* ``luser`` -- :class:`deepinv_mol.optim.LUSER`;
+* ``modl`` -- deepinv's :class:`deepinv.models.MoDL` with 10 unrolled iterations and the *same* CNN as MOL
+  (a fair comparison: only the algorithm around the network differs).
+
+Classical baselines (no weights): ``adjoint`` (zero-filled / back-projected image :math:`A^H y`), ``cg``
+(conjugate gradient on the lightly Tikhonov-regularised normal equations) and ``fbp`` (filtered
+back-projection, CT only).
+
+The weights of every learned model for a task live in ``weights/<task>__<model>.pt``; ``weights/manifest.json``
+records, for each file, the model configuration, the exact training command, the training time, the image
+and batch sizes, the number of steps and the validation PSNR curve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from deepinv.models import Reconstructor
+
+LEARNED_MODELS = ("mol-penalty", "mol-strict", "luser", "modl")
+CLASSICAL_MODELS = ("cg", "adjoint", "fbp")
+
+_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MANIFEST_NAME = "manifest.json"
+
+
+class MissingWeightsError(FileNotFoundError):
+    r"""Raised when a known model has no shipped weights for a task (the model exists, it was not trained)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# architectures
+
+
+def default_config(name: str, channels: int = 2) -> dict:
+    r"""Default architecture and solver settings of a learned model (what ``deepinv-mol train`` builds).
+
+    MOL follows the authors' network (5 conv layers 3×3, ReLU, no batch-norm) at width 32 to keep the
+    shipped weights small and CPU training feasible; :math:`\alpha = 1` is MOL's fastest contraction
+    (factor :math:`\mathrm{Lip}(H)`, see the theory page), Anderson acceleration on.
+
+    :param str name: one of :data:`LEARNED_MODELS`.
+    :param int channels: image channels (2 for complex MRI, 1 for CT).
+    :return: a JSON-serialisable dict, the ``config`` stored in the manifest.
+    """
+    _check_name(name, LEARNED_MODELS)
+    cnn = {"channels": int(channels), "width": 32, "depth": 5}
+    if name in ("mol-penalty", "mol-strict"):
+        constraint = "penalty" if name == "mol-penalty" else "strict"
+        return {
+            "cnn": cnn | {"constraint": constraint, "lipschitz": 0.99},
+            "mol": {"lambda_": 10.0, "alpha": 1.0, "max_iter": 50, "tol": 1e-4, "anderson": True},
+        }
+    if name == "modl":
+        return {"cnn": cnn | {"constraint": "penalty"}, "modl": {"num_iter": 10}}
+    return {"luser": {"num_iter": 5, "channels": int(channels)}}
+
+
+def build_model(name: str, channels: int = 2, config: dict | None = None) -> Reconstructor:
+    r"""Build an untrained learned reconstructor (the architecture that the shipped weights fit).
+
+    :param str name: one of :data:`LEARNED_MODELS`.
+    :param int channels: image channels (2 for complex MRI, 1 for CT); ignored when ``config`` is given.
+    :param dict config: settings as returned by :func:`default_config` (the manifest's ``config``).
+    :return: a :class:`deepinv.models.Reconstructor` called as ``model(y, physics)``.
+    :raises ValueError: unknown model name.
+    """
+    _check_name(name, LEARNED_MODELS)
+    config = default_config(name, channels) if config is None else config
+    if name in ("mol-penalty", "mol-strict", "modl"):
+        from .models import MonotoneCNN
+
+        cnn = MonotoneCNN(**config["cnn"])
+        if name == "modl":
+            from deepinv.models import MoDL
+
+            return MoDL(denoiser=cnn, num_iter=int(config["modl"]["num_iter"]))
+        from .optim import MOL
+
+        return MOL(denoiser=cnn, **config["mol"])
+    from .optim import LUSER
+
+    kwargs = dict(config["luser"])
+    return LUSER(**_accepted_kwargs(LUSER, kwargs))
+
+
+def _accepted_kwargs(cls, kwargs: dict) -> dict:
+    # LUSER's regularizer defaults to the image channels only if it accepts them: pass what the signature takes
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# classical baselines
+
+
+class AdjointReconstruction(Reconstructor):
+    r"""The no-learning image :math:`\hat x = A^H y` (zero-filled NUFFT adjoint / unfiltered back-projection).
+
+    After a call, ``stats = {"iterations": None}`` (not iterative).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stats = {"iterations": None}
+
+    def forward(self, y, physics, **kwargs):
+        r"""Return :math:`A^H y`.
+
+        :param torch.Tensor y: measurements.
+        :param deepinv.physics.LinearPhysics physics: forward operator.
+        """
+        self.stats = {"iterations": None}
+        return physics.A_adjoint(y)
+
+
+class CGReconstruction(Reconstructor):
+    r"""Conjugate gradient on the lightly Tikhonov-regularised normal equations (CG-SENSE for MRI).
+
+    .. math::
+
+        (A^H A + \varepsilon \|A\|^2 I)\, \hat x = A^H y
+
+    solved with deepinv's :func:`deepinv.optim.linear.conjugate_gradient` (the one CG of the project). The
+    relative weight :math:`\varepsilon` makes the baseline independent of the operator's scaling;
+    :math:`\|A\|^2` comes from ``physics.compute_norm`` once per physics object. After a call,
+    ``stats["iterations"]`` is the number of CG iterations (normal-operator applications minus the one
+    for the initial residual) -- counted because deepinv's CG does not report it.
+
+    :param float eps: relative Tikhonov weight :math:`\varepsilon`.
+    :param int max_iter: CG iteration cap.
+    :param float tol: relative residual tolerance.
+    """
+
+    def __init__(self, eps: float = 1e-2, max_iter: int = 50, tol: float = 1e-5):
+        super().__init__()
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        self.eps, self.max_iter, self.tol = float(eps), int(max_iter), float(tol)
+        self.stats = {"iterations": None}
+        self._norms = {}
+
+    def forward(self, y, physics, **kwargs):
+        r"""Solve the regularised normal equations.
+
+        :param torch.Tensor y: measurements.
+        :param deepinv.physics.LinearPhysics physics: forward operator.
+        """
+        from deepinv.optim.linear import conjugate_gradient
+
+        b = physics.A_adjoint(y)
+        key = id(physics)
+        if key not in self._norms:
+            self._norms[key] = float(physics.compute_norm(torch.randn_like(b), verbose=False))
+        weight = self.eps * self._norms[key]
+        calls = [0]
+
+        def normal(x):
+            calls[0] += 1
+            return physics.A_adjoint_A(x) + weight * x
+
+        x = conjugate_gradient(normal, b, max_iter=self.max_iter, tol=self.tol)
+        self.stats = {"iterations": calls[0] - 1}
+        return x
+
+
+class FBPReconstruction(Reconstructor):
+    r"""Filtered back-projection (CT): ``physics.A_dagger(y, fbp=True)`` of :class:`deepinv_mol.physics.AstraCT`.
+
+    After a call, ``stats = {"iterations": None}`` (direct method).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.stats = {"iterations": None}
+
+    def forward(self, y, physics, **kwargs):
+        r"""Return the FBP image.
+
+        :param torch.Tensor y: sinogram.
+        :param deepinv_mol.physics.AstraCT physics: CT operator.
+        :raises ValueError: the physics has no FBP (not a CT operator).
+        """
+        import inspect
+
+        if "fbp" not in inspect.signature(physics.A_dagger).parameters:
+            raise ValueError(f"'fbp' needs a CT physics with A_dagger(y, fbp=True); got {type(physics).__name__}")
+        self.stats = {"iterations": None}
+        return physics.A_dagger(y, fbp=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# weights
+
+
+def weights_dir() -> Path:
+    r"""The folder holding the shipped weights and their manifest (inside the installed package)."""
+    return _WEIGHTS_DIR
+
+
+def read_manifest(directory: str | Path | None = None) -> dict:
+    r"""The weights manifest: ``{"<task>/<model>": {"file", "sha256", "config", "command", "train_seconds", ...}}``.
+
+    :param str directory: folder to read (default: the shipped :func:`weights_dir`).
+    :return: the manifest's ``"models"`` dict (empty if no weights are shipped).
+    :raises ValueError: the manifest exists but is not valid JSON.
+    """
+    path = Path(directory or _WEIGHTS_DIR) / MANIFEST_NAME
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())["models"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"malformed weights manifest {path}: {err}") from err
+
+
+def available_pretrained(directory: str | Path | None = None) -> list[tuple[str, str]]:
+    r"""``(task, model)`` pairs with shipped weights.
+
+    :param str directory: folder to read (default: the shipped :func:`weights_dir`).
+    """
+    return sorted(tuple(key.split("/", 1)) for key in read_manifest(directory))
+
+
+def file_sha256(path: str | Path) -> str:
+    r"""SHA-256 hex digest of a file (checked when loading shipped weights).
+
+    :param str path: the file.
+    """
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_pretrained(
+    name: str, task: str, device: str | torch.device = "cpu", directory: str | Path | None = None
+) -> Reconstructor:
+    r"""A ready reconstructor trained for a named task, from the weights shipped in the package.
+
+    :param str name: ``"mol-penalty"``, ``"mol-strict"``, ``"luser"`` or ``"modl"``.
+    :param str task: a task of :func:`deepinv_mol.tasks.list_tasks`, e.g. ``"mri-radial-4x"``.
+    :param str, torch.device device: where to put the model.
+    :param str directory: weights folder (default: the shipped one; ``deepinv-mol train --out`` writes the
+        same layout, so a user's own training loads the same way).
+    :return: the model in ``eval()`` mode, ``x_hat = model(y, physics)``.
+    :raises ValueError: unknown model name or task.
+    :raises MissingWeightsError: the model is known but no weights were shipped for this task.
+
+    :Examples:
+
+    >>> from deepinv_mol import load_pretrained
+    >>> load_pretrained("unet", "mri-radial-4x")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown model 'unet': expected one of mol-penalty, mol-strict, luser, modl
+    """
+    _check_name(name, LEARNED_MODELS)
+    _check_task(task)
+    directory = Path(directory or _WEIGHTS_DIR)
+    entry = read_manifest(directory).get(f"{task}/{name}")
+    if entry is None:
+        shipped = ", ".join(f"{m} ({t})" for t, m in available_pretrained(directory)) or "none"
+        raise MissingWeightsError(f"no weights for model '{name}' on task '{task}' in {directory} (available: {shipped})")
+    path = directory / entry["file"]
+    if not path.exists():
+        raise MissingWeightsError(f"weights file {path} listed in the manifest is missing")
+    if "sha256" in entry and file_sha256(path) != entry["sha256"]:
+        raise ValueError(f"weights file {path} does not match its manifest checksum (corrupted or replaced)")
+    model = build_model(name, config=entry["config"])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def get_reconstructor(name: str, task: str, device: str | torch.device = "cpu") -> Reconstructor:
+    r"""Any reconstructor by name: a learned one (:func:`load_pretrained`) or a classical baseline.
+
+    :param str name: one of :data:`LEARNED_MODELS` + :data:`CLASSICAL_MODELS`.
+    :param str task: task name (selects the weights of learned models).
+    :param str, torch.device device: where to put the model.
+    :raises ValueError: unknown name or task.
+    :raises MissingWeightsError: learned model without shipped weights for ``task``.
+    """
+    _check_name(name, LEARNED_MODELS + CLASSICAL_MODELS)
+    if name in LEARNED_MODELS:
+        return load_pretrained(name, task, device=device)
+    _check_task(task)
+    return {"cg": CGReconstruction, "adjoint": AdjointReconstruction, "fbp": FBPReconstruction}[name]().to(device)
+
+
+def _check_name(name, allowed):
+    if name not in allowed:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(allowed)}")
+
+
+def _check_task(task):
+    # tasks is imported lazily, only to validate the name (it does not import this module: no cycle)
+    from .tasks import list_tasks
+
+    names = list_tasks()
+    if task not in names:
+        raise ValueError(f"unknown task {task!r}: expected one of {', '.join(names)}")
