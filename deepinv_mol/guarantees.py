@@ -1,0 +1,440 @@
+r"""MOL's theory made checkable: Lipschitz estimates, certificates and worst-case perturbations.
+
+Notation: :math:`H` the network, :math:`F = I - H` the score, :math:`A` the forward operator,
+:math:`b` the measurements, :math:`\alpha` the score step and :math:`\lambda` the data weight of MOL,
+whose fixed point solves
+
+.. math::
+
+    F(x) + \lambda A^H (A x - b) = 0. \qquad (\star)
+
+The facts certified by :func:`certify` (derived here, not taken on trust):
+
+1. **Monotonicity.** If :math:`\mathrm{Lip}(H) \le L < 1` then, by Cauchy–Schwarz,
+   :math:`\langle F(a) - F(b), a - b\rangle \ge \|a-b\|^2 - L\|a-b\|^2 = m\|a-b\|^2` with :math:`m = 1 - L`.
+2. **The fixed point does not depend on** :math:`\alpha`: MOL's step
+   :math:`x^+ = (I + \alpha\lambda A^HA)^{-1}(x - \alpha F(x) + \alpha\lambda A^H b)` has :math:`x^+ = x`
+   iff :math:`\alpha F(x) + \alpha\lambda A^H(Ax - b) = 0`, i.e. :math:`(\star)`. :math:`F + \lambda A^HA` is
+   :math:`m`-strongly monotone and continuous, so :math:`(\star)` has exactly one solution.
+3. **Contraction.** The score step :math:`z(x) = (1-\alpha)x + \alpha H(x)` has
+   :math:`\mathrm{Lip}(z) \le |1 - \alpha| + \alpha L`, which is :math:`1 - \alpha m` for
+   :math:`\alpha \in (0, 1]` (a convex combination). The data-consistency map
+   :math:`z \mapsto (I + \alpha\lambda A^HA)^{-1}(z + \alpha\lambda A^Hb)` has Lipschitz constant
+   :math:`\|(I + \alpha\lambda A^HA)^{-1}\| \le 1`. So the step contracts with factor :math:`1 - \alpha m`.
+4. **Robustness.** Subtract :math:`(\star)` for :math:`b_1, b_2`, with :math:`\delta x = x_1 - x_2`,
+   :math:`\delta b = b_1 - b_2`, and take the inner product with :math:`\delta x`:
+   :math:`m\|\delta x\|^2 + \lambda\|A\delta x\|^2 \le \lambda\langle A\delta x, \delta b\rangle \le \lambda\|A\delta x\|\|\delta b\|`.
+   Dropping :math:`\lambda\|A\delta x\|^2` and using :math:`\|A\delta x\| \le \|A\|\|\delta x\|` gives
+   :math:`\|\delta x\| \le \lambda\|A\|\|\delta b\|/m`; keeping it and using :math:`t c - t^2 \le c^2/4` gives
+   :math:`m\|\delta x\|^2 \le \lambda\|\delta b\|^2/4`. Hence
+
+   .. math::
+
+       \|x^\star(b_1) - x^\star(b_2)\| \le \min\left(\frac{\lambda\|A\|}{m}, \sqrt{\frac{\lambda}{4m}}\right)\|b_1 - b_2\|.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+__all__ = [
+    "LipschitzEstimate",
+    "estimate_lipschitz",
+    "GuaranteeReport",
+    "certify",
+    "WorstCasePerturbation",
+    "worst_case_perturbation",
+]
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+
+
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    return t / _per_sample_norm(t).clamp_min(1e-30).reshape(-1, *([1] * (t.ndim - 1)))
+
+
+@dataclass
+class LipschitzEstimate:
+    r"""Result of :func:`estimate_lipschitz`.
+
+    :param float value: largest estimate over the batch.
+    :param torch.Tensor per_sample: estimate for each sample ``(B,)`` (differentiable w.r.t. the
+        network's parameters when ``differentiable=True``).
+    :param int iterations: iterations run.
+    :param bool converged: relative change of every per-sample estimate fell below ``tol``.
+    :param str method: ``"power"`` or ``"adversarial"``.
+    """
+
+    value: float
+    per_sample: torch.Tensor
+    iterations: int
+    converged: bool
+    method: str
+
+    def __float__(self):
+        return float(self.value)
+
+
+def estimate_lipschitz(
+    network,
+    x: torch.Tensor,
+    n_iter: int = 50,
+    tol: float = 1e-4,
+    method: str = "power",
+    generator: torch.Generator | None = None,
+    differentiable: bool = False,
+    radius: float = 1e-2,
+    warn: bool = True,
+) -> LipschitzEstimate:
+    r"""Local Lipschitz estimate of ``network`` at ``x`` (per sample), a lower bound of :math:`\mathrm{Lip}`.
+
+    ``method="power"``: power iteration on :math:`J^\top J`, :math:`J = \partial H/\partial x(x)`,
+    :math:`u \leftarrow J^\top J u/\|J^\top J u\|`, estimate :math:`\|J u\|` (non-decreasing, converges to
+    :math:`\|J\|_2`). One forward builds the graph; :math:`J^\top v` is a vector-Jacobian product and
+    :math:`J u` is obtained from it by the double-backward trick (:math:`J u = \partial_w \langle J^\top w, u\rangle`).
+    Stops when every per-sample estimate changes by less than ``tol`` (relative).
+
+    ``method="adversarial"`` (the MOL authors' estimate): the secant ratio
+    :math:`\|H(x + \delta) - H(x)\|/\|\delta\|` maximised by normalised gradient ascent over
+    :math:`\delta` on the sphere :math:`\|\delta\| = \text{radius}\cdot\|x\|` (per sample).
+
+    Both are lower bounds of :math:`\mathrm{Lip}(H)` (a Jacobian norm where :math:`H` is differentiable,
+    a secant slope), so a certified bound must lie above them.
+
+    With ``differentiable=True`` the iterations run without a graph and only the final
+    :math:`\|J u^\star\|` (or ratio at :math:`\delta^\star`) is recomputed with one: at a converged :math:`u^\star`
+    its gradient is the gradient of :math:`\|J\|_2` (envelope theorem), at the memory cost of one step
+    instead of all of them.
+
+    The batch is assumed independent (no batch normalisation): the Jacobian is block diagonal and each
+    sample gets its own estimate.
+
+    :param torch.nn.Module network: the map :math:`H` (called as ``network(x)``).
+    :param torch.Tensor x: point ``(B, ...)``.
+    :param int n_iter: maximum iterations.
+    :param float tol: relative tolerance of the early stop.
+    :param str method: ``"power"`` or ``"adversarial"``.
+    :param torch.Generator generator: generator of the random start (on ``x``'s device).
+    :param bool differentiable: keep a graph to the network's parameters for the result.
+    :param float radius: relative perturbation size of the adversarial method.
+    :param bool warn: warn when ``n_iter`` is reached before ``tol``.
+    :return: :class:`LipschitzEstimate`.
+
+    :Examples:
+
+    >>> import torch
+    >>> from deepinv_mol.guarantees import estimate_lipschitz
+    >>> lin = torch.nn.Linear(3, 3, bias=False)
+    >>> with torch.no_grad():
+    ...     lin.weight.copy_(torch.diag(torch.tensor([3.0, 1.0, 0.5])))
+    >>> round(estimate_lipschitz(lin, torch.randn(2, 3), n_iter=200, tol=1e-8).value, 4)
+    3.0
+    """
+    if method not in ("power", "adversarial"):
+        raise ValueError(f"method must be 'power' or 'adversarial', got {method!r}")
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        raise ValueError("x must be a batched tensor (B, ...)")
+    if n_iter < 1 or tol <= 0:
+        raise ValueError(f"n_iter must be >= 1 and tol > 0, got n_iter={n_iter}, tol={tol}")
+    x = x.detach()
+    u = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if method == "power":
+        est, it, converged = _power_jacobian(network, x, _unit(u), n_iter, tol, differentiable)
+    else:
+        est, it, converged = _adversarial(network, x, u, n_iter, tol, differentiable, radius)
+    if warn and not converged:
+        warnings.warn(f"estimate_lipschitz({method}): not converged to tol={tol} in {n_iter} iterations")
+    return LipschitzEstimate(float(est.detach().max()), est, it, converged, method)
+
+
+def _power_jacobian(network, x, u, n_iter, tol, differentiable):
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = network(xg)
+        w = torch.zeros_like(y, requires_grad=True)
+        (jt_w,) = torch.autograd.grad(y, xg, w, create_graph=True)  # J^T w, linear in w
+    prev, converged, it = None, False, 0
+    for it in range(1, n_iter + 1):
+        ju = torch.autograd.grad(jt_w, w, u, retain_graph=True)[0]
+        est = _per_sample_norm(ju)
+        if prev is not None and bool(((est - prev).abs() <= tol * est.clamp_min(1e-30)).all()):
+            converged = True
+            break
+        prev = est
+        u = _unit(torch.autograd.grad(y, xg, ju, retain_graph=True)[0])
+    if differentiable:
+        with torch.enable_grad():
+            ju = torch.autograd.grad(jt_w, w, u.detach(), create_graph=True)[0]
+        est = _per_sample_norm(ju)
+    return est, it, converged
+
+
+def _adversarial(network, x, delta, n_iter, tol, differentiable, radius):
+    rho = (radius * _per_sample_norm(x)).clamp_min(1e-12).reshape(-1, *([1] * (x.ndim - 1)))
+    delta = _unit(delta) * rho
+    with torch.no_grad():
+        hx = network(x)
+    prev, converged, it = None, False, 0
+    for it in range(1, n_iter + 1):
+        d = delta.clone().requires_grad_(True)
+        with torch.enable_grad():
+            diff = network(x + d) - hx
+            (g,) = torch.autograd.grad(diff.pow(2).sum(), d)
+        est = _per_sample_norm(diff.detach()) / rho.flatten()
+        if prev is not None and bool(((est - prev).abs() <= tol * est.clamp_min(1e-30)).all()):
+            converged = True
+            break
+        prev = est
+        # ascent on the sphere |delta| = rho: move to the gradient direction (power iteration on secants)
+        delta = _unit(delta + _unit(g) * rho) * rho
+    if differentiable:
+        with torch.enable_grad():
+            diff = network(x + delta) - network(x)
+        est = _per_sample_norm(diff) / rho.flatten()
+    return est, it, converged
+
+
+@dataclass
+class GuaranteeReport:
+    r"""What :func:`certify` could prove about a MOL model (see the module docstring for the derivations).
+
+    :param lipschitz_bound: certified :math:`L \ge \mathrm{Lip}(H)` or ``None``.
+    :param margin: monotonicity margin :math:`m = 1 - L` or ``None``.
+    :param operator_norm: :math:`\|A\|` (power-iteration estimate of deepinv's ``compute_sqnorm``) or ``None``.
+    :param float alpha: score step :math:`\alpha`.
+    :param float lambda_: data weight :math:`\lambda`.
+    :param bool step_ok: :math:`\alpha \in (0, 1]` (the score step is a convex combination).
+    :param contraction: factor :math:`|1-\alpha| + \alpha L` (:math:`= 1 - \alpha m` on :math:`(0, 1]`) or ``None``.
+    :param robustness_bound: :math:`\min(\lambda\|A\|/m, \sqrt{\lambda/(4m)})` bounding
+        :math:`\|\delta x\|/\|\delta b\|` at the fixed point, or ``None``.
+    :param dict holds: ``{"monotone", "convergence", "robustness"}`` -> bool.
+    :param list reasons: plain-language reasons for every guarantee that does not hold, and caveats.
+    :param str mode: ``"eval"`` or ``"train"``: the network mode the bound refers to.
+    """
+
+    lipschitz_bound: float | None
+    margin: float | None
+    operator_norm: float | None
+    alpha: float
+    lambda_: float
+    step_ok: bool
+    contraction: float | None
+    robustness_bound: float | None
+    holds: dict = field(default_factory=dict)
+    reasons: list = field(default_factory=list)
+    mode: str = "eval"
+
+    def to_dict(self) -> dict:
+        r"""Plain dictionary (JSON-serialisable)."""
+        return asdict(self)
+
+    def __str__(self):
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.6g}"
+
+        lines = [
+            f"MOL guarantee report (network in {self.mode} mode)",
+            f"  certified Lip(H) bound      : {fmt(self.lipschitz_bound)}",
+            f"  monotonicity margin m       : {fmt(self.margin)}",
+            f"  ||A|| (power estimate)      : {fmt(self.operator_norm)}",
+            f"  alpha, lambda               : {self.alpha:.6g}, {self.lambda_:.6g}",
+            f"  alpha in (0, 1]             : {'yes' if self.step_ok else 'no'}",
+            f"  contraction factor per step : {fmt(self.contraction)}",
+            f"  robustness ||dx||/||db|| <= : {fmt(self.robustness_bound)}",
+        ]
+        for k, v in self.holds.items():
+            lines.append(f"  {k:<28}: {'HOLDS' if v else 'does NOT hold'}")
+        lines += [f"  - {r}" for r in self.reasons]
+        return "\n".join(lines)
+
+
+def certify(
+    model,
+    physics=None,
+    x=None,
+    norm_iter: int = 200,
+    norm_tol: float = 1e-6,
+) -> GuaranteeReport:
+    r"""Certificate of a MOL model: Lipschitz bound, monotonicity, step condition, contraction, robustness.
+
+    Uses ``model.denoiser`` (its ``lipschitz_bound()``, certified for a strict
+    :class:`deepinv_mol.models.MonotoneCNN`), ``float(model.alpha)`` and ``float(model.lambda_)``, and
+    :math:`\|A\|` from ``physics.compute_sqnorm`` at the image shape given by ``x``. Without ``x`` (or
+    ``physics``), :math:`\|A\|` is not estimated and the robustness bound is :math:`\sqrt{\lambda/(4m)}`,
+    which does not need it. The bound refers to the network in its current mode (call ``model.eval()``
+    first: in evaluation mode a strict network is normalised by certified norms).
+
+    :param model: a MOL-like reconstructor with ``denoiser``, ``alpha``, ``lambda_``.
+    :param deepinv.physics.LinearPhysics physics: forward operator (optional).
+    :param x: an image tensor ``(B, C, ...)`` or its shape (tuple), for :math:`\|A\|`.
+    :param int norm_iter: power iterations for :math:`\|A\|`.
+    :param float norm_tol: tolerance of deepinv's power method.
+    :return: :class:`GuaranteeReport` (``print`` it, or ``to_dict()``).
+    """
+    for name in ("denoiser", "alpha", "lambda_"):
+        if not hasattr(model, name):
+            raise TypeError(f"certify expects a MOL-like model with attribute {name!r}; got {type(model).__name__}")
+    network = model.denoiser
+    alpha, lam = float(model.alpha), float(model.lambda_)
+    if lam <= 0:
+        raise ValueError(f"model.lambda_ must be positive, got {lam}")
+    reasons = []
+    bound_fn = getattr(network, "lipschitz_bound", None)
+    lip = bound_fn() if callable(bound_fn) else None
+    if lip is None:
+        if callable(bound_fn):
+            reasons.append(
+                "no certificate: the network is unconstrained (penalty variant); its Lipschitz constant is only "
+                "encouraged below the threshold during training - check it empirically with estimate_lipschitz "
+                "and worst_case_perturbation"
+            )
+        else:
+            reasons.append(f"no certificate: {type(network).__name__} has no lipschitz_bound(); use a MonotoneCNN")
+    mode = "train" if getattr(network, "training", False) else "eval"
+
+    op_norm = None
+    if physics is not None and x is not None:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(x)
+        ref = x if isinstance(x, torch.Tensor) else None
+        dtype = ref.dtype if ref is not None else torch.float32
+        device = ref.device if ref is not None else "cpu"
+        x0 = torch.zeros((1,) + shape[1:], dtype=dtype, device=device)
+        with torch.no_grad():
+            op_norm = math.sqrt(float(physics.compute_sqnorm(x0, max_iter=norm_iter, tol=norm_tol, verbose=False)))
+
+    step_ok = 0.0 < alpha <= 1.0
+    if alpha <= 0:
+        reasons.append(f"alpha = {alpha:.6g} is not positive: MOL's score step is undefined")
+    margin = contraction = robust = None
+    monotone = lip is not None and lip < 1.0
+    if lip is not None and not monotone:
+        reasons.append(
+            f"the certified bound Lip(H) <= {lip:.6g} is not below 1: F = I - H is not certified monotone, so "
+            "neither uniqueness, convergence nor robustness is guaranteed"
+            + (" (the network is in training mode: call eval(), or update_normalisation())" if mode == "train" else "")
+        )
+    if monotone:
+        margin = 1.0 - lip
+        if alpha > 0:
+            contraction = abs(1.0 - alpha) + alpha * lip
+        robust = math.sqrt(lam / (4.0 * margin))
+        if op_norm is not None:
+            robust = min(robust, lam * op_norm / margin)
+        else:
+            reasons.append("||A|| not estimated (no physics/x given): robustness bound sqrt(lambda/(4m)) only")
+        if alpha > 1.0:
+            if contraction < 1.0:
+                reasons.append(
+                    f"alpha = {alpha:.6g} > 1: the score step is not a convex combination; the triangle inequality "
+                    f"still gives the factor |1 - alpha| + alpha Lip(H) = {contraction:.6g} < 1"
+                )
+            else:
+                reasons.append(
+                    f"alpha = {alpha:.6g} is out of range: |1 - alpha| + alpha Lip(H) = {contraction:.6g} >= 1, the "
+                    f"iteration is not certified to converge; choose alpha in (0, 1] (alpha = 1 gives factor Lip(H))"
+                )
+        reasons.append(
+            "the robustness bound holds for the exact fixed point; a reconstruction stopped at tolerance tol "
+            "is within tol of it"
+        )
+    convergence = contraction is not None and contraction < 1.0
+    holds = {"monotone": monotone, "convergence": convergence, "robustness": robust is not None}
+    return GuaranteeReport(
+        lipschitz_bound=lip,
+        margin=margin,
+        operator_norm=op_norm,
+        alpha=alpha,
+        lambda_=lam,
+        step_ok=step_ok,
+        contraction=contraction,
+        robustness_bound=robust,
+        holds=holds,
+        reasons=reasons,
+        mode=mode,
+    )
+
+
+@dataclass
+class WorstCasePerturbation:
+    r"""Result of :func:`worst_case_perturbation`.
+
+    :param torch.Tensor delta: the perturbation found, same shape as ``y``, :math:`\|\delta_i\| \le \epsilon`.
+    :param torch.Tensor amplification: per-sample :math:`\|x(y+\delta) - x(y)\|/\|\delta\|` ``(B,)``.
+    :param float value: the largest amplification over the batch.
+    :param list history: batch-maximal amplification at each ascent step.
+    """
+
+    delta: torch.Tensor
+    amplification: torch.Tensor
+    value: float
+    history: list
+
+    def __float__(self):
+        return float(self.value)
+
+
+def worst_case_perturbation(
+    model,
+    physics,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 20,
+    step_size: float | None = None,
+    generator: torch.Generator | None = None,
+) -> WorstCasePerturbation:
+    r"""Adversarial measurement perturbation: projected gradient ascent of the reconstruction change.
+
+    Maximises :math:`\|x(y + \delta) - x(y)\|^2` over :math:`\|\delta_i\| \le \epsilon` (per sample) with
+    normalised gradient steps :math:`\delta \leftarrow P_\epsilon(\delta + \tau\,g/\|g\|)` from a random
+    start on the sphere, keeping the best :math:`\delta` per sample. For a linear reconstructor
+    :math:`x = Ry` with :math:`\tau \ge \epsilon` this is the power iteration on :math:`R^\top R`, so the
+    amplification tends to :math:`\|R\|`. Works for any reconstructor ``model(y, physics)`` whose output is
+    differentiable in ``y`` (MOL, deepinv's ``MoDL``, ...). The model is used as given: call ``eval()`` first.
+
+    :param model: reconstructor, called as ``model(y, physics)``.
+    :param deepinv.physics.Physics physics: forward operator.
+    :param torch.Tensor y: measurements ``(B, ...)``.
+    :param float eps: perturbation budget (Euclidean norm per sample, measurement units).
+    :param int steps: ascent steps.
+    :param float step_size: :math:`\tau` (default :math:`\epsilon`).
+    :param torch.Generator generator: generator of the random start (on ``y``'s device).
+    :return: :class:`WorstCasePerturbation` (``float(result)`` is the largest amplification).
+    """
+    if not isinstance(y, torch.Tensor) or y.ndim < 2:
+        raise ValueError("y must be a batched tensor (B, ...)")
+    if eps <= 0 or steps < 1:
+        raise ValueError(f"eps must be positive and steps >= 1, got eps={eps}, steps={steps}")
+    tau = eps if step_size is None else float(step_size)
+    y = y.detach()
+    with torch.no_grad():
+        x0 = model(y, physics).detach()
+    shape = (-1,) + (1,) * (y.ndim - 1)
+    delta = _unit(torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)) * eps
+    best_amp = torch.full((y.shape[0],), -1.0, device=y.device)
+    best_delta = delta.clone()
+    history = []
+
+    def record(d, diff):
+        amp = (_per_sample_norm(diff) / _per_sample_norm(d).clamp_min(1e-30)).to(best_amp.dtype)
+        better = amp > best_amp
+        best_amp[better] = amp[better]
+        best_delta[better] = d[better]
+        history.append(float(amp.max()))
+
+    for _ in range(steps):
+        d = delta.clone().requires_grad_(True)
+        with torch.enable_grad():
+            diff = model(y + d, physics) - x0
+            (g,) = torch.autograd.grad(diff.abs().pow(2).sum(), d)
+        record(d.detach(), diff.detach())
+        delta = delta + tau * _unit(g)
+        delta = delta * (eps / _per_sample_norm(delta).clamp_min(1e-30)).clamp(max=1.0).reshape(shape)
+    with torch.no_grad():
+        record(delta, model(y + delta, physics) - x0)
+    return WorstCasePerturbation(best_delta, best_amp, float(best_amp.max()), history)
