@@ -137,7 +137,11 @@ class StreamDataset(Dataset):
         return 2**62
 
     def __getitem__(self, position):
-        x = image_of(self.dataset[stream_index(position, len(self.dataset), self.seed)])
+        n = len(self.dataset)
+        if hasattr(self.dataset, "set_epoch"):
+            # datasets with seeded augmentation (deepinv_mol.data) draw anew on every pass of the stream
+            self.dataset.set_epoch(position // n)
+        x = image_of(self.dataset[stream_index(position, n, self.seed)])
         return {"x": x, "pos": torch.tensor(position, dtype=torch.long)}
 
 
@@ -584,7 +588,8 @@ def train(
     for ``mol-penalty``. Metric: PSNR (on the magnitude for complex images). Learning rate: cosine decay
     over the rounds. Under ``torchrun`` this runs data-parallel (see :func:`init_distributed`).
 
-    :param str task: task name (:func:`deepinv_mol.tasks.list_tasks`).
+    :param str task: task name (:func:`deepinv_mol.tasks.list_tasks`), or a task object with ``name``,
+        ``dataset(split)``, ``build_physics(img_shape, device, generator)`` and ``simulate(x, physics, generator)``.
     :param str model: ``mol-penalty``, ``mol-strict``, ``luser`` or ``modl``.
     :param int steps: total optimiser steps.
     :param int batch_size: global batch size.
@@ -606,7 +611,6 @@ def train(
     from deepinv.loss.metric import PSNR
 
     from .pretrained import LEARNED_MODELS, build_model, default_config
-    from .tasks import get_task
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
         if int(value) < 1:
@@ -615,7 +619,12 @@ def train(
         raise ValueError(f"unknown model {model!r}: expected one of {', '.join(LEARNED_MODELS)}")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    task_obj = get_task(task)
+    if isinstance(task, str):
+        from .tasks import get_task
+
+        task_obj = get_task(task)
+    else:
+        task_obj = task
     out = Path(out)
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
@@ -634,7 +643,7 @@ def train(
     torch.manual_seed(seed)
     net = build_model(model, config=config).to(device)
     run_config = {
-        "task": task,
+        "task": task_obj.name,
         "model": model,
         "steps": int(steps),
         "batch_size": int(batch_size),
@@ -656,7 +665,9 @@ def train(
         from .loss import LipschitzPenalty
 
         losses.append(LipschitzPenalty())
-    wrapped = _DDP(net) if world > 1 else net
+    # find_unused_parameters: deepinv's MoDL carries parameters its denoiser ignores (sigma); without it
+    # DDP silently leaves their buckets un-averaged
+    wrapped = _DDP(net, find_unused_parameters=True) if world > 1 else net
     val = validation_set(task_obj, physics, val_images, crop, seed, device) if val_images > 0 else None
     trainer = ResumableTrainer(
         model=wrapped,
@@ -669,6 +680,7 @@ def train(
         metrics=PSNR(max_pixel=1.0, complex_abs=channels == 2),
         online_measurements=True,
         compute_train_metrics=False,
+        non_blocking_transfers=device.type == "cuda",
         device=device,
         verbose=False,
         show_progress_bar=False,
@@ -695,6 +707,10 @@ def train(
         # deepinv warns that online measurements ignore params and that progress bars slow GPUs: not our case
         warnings.filterwarnings("ignore", message=".*progress bar.*")
         trainer.train()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has written its files
     history = json.loads((out / HISTORY).read_text()) if (out / HISTORY).exists() else {}
     history["out"] = str(out)
     return history
