@@ -43,6 +43,10 @@ import zipfile
 
 import numpy as np
 
+# the slab split is the library's own (one mechanism for the embedded MRI and the head CT)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from deepinv_mol.data import SPLITS, slab_layout  # noqa: E402
+
 SOURCE = "/usr/share/mricron/templates/ch2.nii.gz"
 OUTPUT = pathlib.Path(__file__).resolve().parents[1] / "deepinv_mol" / "assets" / "colin27_t1_slices.npz"
 SIZE = 160
@@ -52,7 +56,6 @@ Z_FIRST = 8
 #: one cycle of the slab pattern, inferior to superior: (split, number of slices); "gap" is dropped
 CYCLE = (("train", 36), ("gap", 4), ("test", 16), ("gap", 4), ("val", 16), ("gap", 4))
 N_CYCLES = 2
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 LICENCE = (
     "BSD-3-Clause, as distributed by the Debian package mricron-data "
     "(/usr/share/doc/mricron-data/copyright, Copyright 2006-2010 Chris Rorden)"
@@ -62,28 +65,6 @@ CITATION = (
     "'Enhancement of MR images using registration for signal averaging', J. Comput. Assist. Tomogr. "
     "22(2):324-333, 1998. Distributed with MRIcron (C. Rorden) as templates/ch2.nii.gz."
 )
-
-
-def slab_layout(z_first: int = Z_FIRST, cycle=CYCLE, n_cycles: int = N_CYCLES):
-    r"""Source slice indices and split labels of the slab pattern.
-
-    :param int z_first: first axial source slice.
-    :param tuple cycle: ``(split, length)`` pairs, one cycle inferior to superior.
-    :param int n_cycles: how many times the cycle repeats.
-    :return: ``(z, split, block)`` integer arrays for the kept slices: source slice index, split code
-        (``SPLIT_CODES``) and slab number (consecutive slices share a slab).
-    """
-    z, split, block = [], [], []
-    position, slab = z_first, 0
-    for _ in range(n_cycles):
-        for name, length in cycle:
-            if name != "gap":
-                z.extend(range(position, position + length))
-                split.extend([SPLIT_CODES[name]] * length)
-                block.extend([slab] * length)
-                slab += 1
-            position += length
-    return np.asarray(z, np.int16), np.asarray(split, np.uint8), np.asarray(block, np.uint8)
 
 
 def resample_slices(volume: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -128,7 +109,7 @@ def build_arrays(source: str = SOURCE) -> dict:
     volume = np.asanyarray(image.dataobj)
     if volume.shape != (181, 217, 181):
         raise ValueError(f"expected the 181 x 217 x 181 Colin27 volume, got {volume.shape}")
-    z, split, block = slab_layout()
+    z, split, block = slab_layout(CYCLE, N_CYCLES, first=Z_FIRST)
     slices = resample_slices(volume, z)
     slices = slices / slices.max()
     quantised = np.round(np.clip(slices, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -139,7 +120,7 @@ def build_arrays(source: str = SOURCE) -> dict:
         "source_z": z,
         "split": split,
         "block": block,
-        "split_names": np.array(["train", "val", "test"]),
+        "split_names": np.array(SPLITS),
         "pixel_spacing_mm": np.float32(spacing),
         "slice_thickness_mm": np.float32(image.header.get_zooms()[2]),
         "min_gap_slices": np.int16(min(n for name, n in CYCLE if name == "gap")),
