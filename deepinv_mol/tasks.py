@@ -214,6 +214,14 @@ class Task:
         return data.SliceDataset(stack.images, flip=train, complex=self.modality == "mri", seed=seed)
 
 
+def _coil_maps(n_coils: int, size, generator) -> torch.Tensor:
+    # seeded simulated coils: the birdcage's radius (coil distance, hence sensitivity fall-off) varies
+    from .physics import birdcage_maps
+
+    radius = 1.5 if generator is None else 1.2 + 0.8 * float(torch.rand(1, generator=generator))
+    return birdcage_maps(n_coils, tuple(size), radius=radius)
+
+
 def _rotate(trajectory: torch.Tensor, generator) -> torch.Tensor:
     # a random in-plane rotation of the k-space trajectory (rows 0, 1 of the last two coordinates)
     if generator is None:
@@ -230,7 +238,9 @@ class RadialMRITask(Task):
     r"""2D multi-coil golden-angle radial MRI (:class:`deepinv_mol.physics.NufftMRI`).
 
     ``ceil(pi N / (2 R))`` spokes (:func:`~deepinv_mol.physics.spokes_for_acceleration`) of ``2 N``
-    samples for an ``N``-pixel image side (readout oversampled twice); birdcage coil maps.
+    samples for an ``N``-pixel image side (readout oversampled twice); birdcage coil maps
+    (:func:`~deepinv_mol.physics.birdcage_maps`, radius 1.5). With a ``generator``, the physics is
+    simulated anew: trajectory rotated by a random angle, coil radius drawn in [1.2, 2.0].
     Measurements ``(B, 2, C, K)``.
 
     :param int n_coils: receive coils.
@@ -241,11 +251,11 @@ class RadialMRITask(Task):
     acceleration: float = 4.0
 
     def _physics(self, spatial, device, generator):
-        from .physics import NufftMRI, birdcage_maps, radial_trajectory, spokes_for_acceleration
+        from .physics import NufftMRI, radial_trajectory, spokes_for_acceleration
 
         side = max(spatial)
-        trajectory = radial_trajectory(spokes_for_acceleration(spatial, self.acceleration), 2 * side)
-        return NufftMRI(_rotate(trajectory, generator), spatial, coil_maps=birdcage_maps(self.n_coils, spatial), device=device)
+        trajectory = _rotate(radial_trajectory(spokes_for_acceleration(spatial, self.acceleration), 2 * side), generator)
+        return NufftMRI(trajectory, spatial, coil_maps=_coil_maps(self.n_coils, spatial, generator), device=device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,13 +271,13 @@ class DynamicMRITask(RadialMRITask):
     frames: int = 8
 
     def _physics(self, spatial, device, generator):
-        from .physics import NufftMRI, birdcage_maps, radial_trajectory, spokes_for_acceleration
+        from .physics import NufftMRI, radial_trajectory, spokes_for_acceleration
 
         frames, height, width = spatial
         side = max(height, width)
         spokes = spokes_for_acceleration((height, width), self.acceleration)
         trajectory = _rotate(radial_trajectory(spokes, 2 * side, frames=frames), generator)
-        coils = birdcage_maps(self.n_coils, (height, width))
+        coils = _coil_maps(self.n_coils, (height, width), generator)
         return NufftMRI(trajectory, (height, width), coil_maps=coils, device=device)
 
     def _layout(self):
@@ -291,7 +301,7 @@ class StackOfStarsMRITask(RadialMRITask):
     depth: int = 16
 
     def _physics(self, spatial, device, generator):
-        from .physics import NufftMRI, birdcage_maps, radial_trajectory, spokes_for_acceleration
+        from .physics import NufftMRI, radial_trajectory, spokes_for_acceleration
 
         depth, height, width = spatial
         spokes = spokes_for_acceleration((height, width), self.acceleration)
@@ -299,8 +309,8 @@ class StackOfStarsMRITask(RadialMRITask):
         kz = 2 * math.pi * (torch.arange(depth, dtype=torch.float32) - depth // 2) / depth
         kz = kz[:, None, None].expand(depth, 1, in_plane.shape[-1])
         trajectory = torch.cat([kz, in_plane], dim=1).permute(1, 0, 2).reshape(3, -1)
-        coils = birdcage_maps(self.n_coils, (height, width))
-        coils = coils[:, None].expand(-1, depth, -1, -1).contiguous()
+        # a 16-slice slab is thin next to the coils: 2D maps, constant along z
+        coils = _coil_maps(self.n_coils, (height, width), generator)[:, None].expand(-1, depth, -1, -1).contiguous()
         return NufftMRI(trajectory, spatial, coil_maps=coils, device=device)
 
     def _layout(self):

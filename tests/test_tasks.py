@@ -84,15 +84,22 @@ def test_physics_shape_forms_and_errors():
         get_task("ct-sparse-view").spatial_shape((2, 16, 16))
 
 
-def test_physics_generator_rotates_trajectory():
-    from deepinv_mol.physics import radial_trajectory, spokes_for_acceleration
+def test_physics_generator_rotates_trajectory_and_moves_coils():
+    from deepinv_mol.physics import birdcage_maps, radial_trajectory, spokes_for_acceleration
 
     task = get_task("mri-radial-4x")
-    default = task.build_physics((16, 16)).trajectory
+    physics = task.build_physics((16, 16))
+    default = physics.trajectory
     assert torch.equal(default, radial_trajectory(spokes_for_acceleration(16, 4), 32))
-    a = task.build_physics((16, 16), generator=torch.Generator().manual_seed(0)).trajectory
-    b = task.build_physics((16, 16), generator=torch.Generator().manual_seed(0)).trajectory
+    assert torch.allclose(physics.coil_maps.reshape(8, 16, 16), birdcage_maps(8, (16, 16)))
+    seeded = task.build_physics((16, 16), generator=torch.Generator().manual_seed(0))
+    again = task.build_physics((16, 16), generator=torch.Generator().manual_seed(0))
+    a, b = seeded.trajectory, again.trajectory
     assert torch.equal(a, b) and not torch.allclose(a, default)
+    assert torch.equal(seeded.coil_maps, again.coil_maps)
+    assert not torch.allclose(seeded.coil_maps, physics.coil_maps)
+    rss = seeded.coil_maps.abs().pow(2).sum(dim=-3)
+    assert torch.allclose(rss, torch.ones_like(rss), atol=1e-5)
     assert torch.allclose(a.norm(dim=0), default.norm(dim=0), atol=1e-5)  # a rotation: radii unchanged
     assert float(a.min()) >= -math.pi and float(a.max()) < math.pi
 
