@@ -208,6 +208,19 @@ def test_state_dict_new_angles_rebuild_geometry():
     assert _rel(a.A(x), y_a) < 1e-6
 
 
+def test_update_parameters_angles():
+    """physics(x, angles=...) swaps the angle set (validated); the sinogram follows it."""
+    rng = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 1, 16, 16, generator=rng)
+    physics = AstraCT((16, 16), _half_turn(10), n_detectors=24, backend="cpu")
+    other = AstraCT((16, 16), _half_turn(7), n_detectors=24, backend="cpu")
+    y = physics(x, angles=_half_turn(7))
+    assert y.shape[-2] == 7 and _rel(y, other.A(x)) < 1e-6
+    assert physics.measurement_shape == (7, 24)
+    with pytest.raises(ValueError, match="1D"):
+        physics.update_parameters(angles=torch.zeros(2, 2))
+
+
 # ------------------------------------------------------------------ safety without a GPU
 
 

@@ -386,6 +386,10 @@ class AstraCT(LinearPhysics):
         device: torch.device | str = "cpu",
         **kwargs,
     ):
+        try:
+            import astra  # noqa: F401  (lazy: heavy optional dependency)
+        except ImportError as e:
+            raise ImportError("AstraCT needs the ASTRA toolbox: pip install astra-toolbox") from e
         # ---- image size
         if isinstance(img_size, torch.Size):
             img_size = tuple(img_size)
@@ -523,6 +527,22 @@ class AstraCT(LinearPhysics):
         if not torch.isfinite(t).all():
             raise ValueError("angles must be finite")
         return t
+
+    def update_parameters(self, angles=None, **kwargs):
+        r"""Change the projection angles (e.g. per batch, ``physics(x, angles=...)``); the ASTRA
+        geometry is rebuilt on the next call.
+
+        :param torch.Tensor angles: new 1D angles in radians (validated like the constructor's).
+        """
+        if angles is not None:
+            self.angles = self._check_angles(angles).to(self.angles.device)
+        super().update_parameters(**kwargs)
+
+    def extra_repr(self) -> str:
+        return (
+            f"image={self.image_shape}, geometry={self.geometry!r}, backend={self.backend!r}, "
+            f"angles={self.angles.shape[0]}, detectors={self.n_detectors}, pixel_size={self.pixel_size}"
+        )
 
     @property
     def measurement_shape(self) -> tuple[int, ...]:
@@ -688,21 +708,27 @@ class AstraCT(LinearPhysics):
             par.close()
 
     # ------------------------------------------------------------------ deepinv interface
-    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    def A(self, x: torch.Tensor, angles=None, **kwargs) -> torch.Tensor:
         r"""Forward projection (sinogram), differentiable; see the module docstring for the layout.
 
         :param torch.Tensor x: images ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
+        :param torch.Tensor angles: optional new angles (radians), kept for later calls.
         :return: (:class:`torch.Tensor`) sinograms ``(B, C, A, N)`` or ``(B, C, V, A, N)``.
         """
+        if angles is not None:
+            self.update_parameters(angles=angles)
         self._check(x, self.image_shape, "x")
         return _Project.apply(x, self, False)
 
-    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+    def A_adjoint(self, y: torch.Tensor, angles=None, **kwargs) -> torch.Tensor:
         r"""Back projection :math:`A^\top y` (the matched adjoint of :meth:`A`), differentiable.
 
         :param torch.Tensor y: sinograms ``(B, C, A, N)`` or ``(B, C, V, A, N)``.
+        :param torch.Tensor angles: optional new angles (radians), kept for later calls.
         :return: (:class:`torch.Tensor`) images ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
         """
+        if angles is not None:
+            self.update_parameters(angles=angles)
         self._check(y, self.measurement_shape, "y")
         return _Project.apply(y, self, True)
 
