@@ -1,14 +1,25 @@
 r"""Named experiment presets: physics + noise + data split, one registry for CLI, tests, docs, benchmarks.
 
-==================== ======================================================================== ===========================
-task                 physics and noise                                                        images (test split)
-==================== ======================================================================== ===========================
-``mri-radial-4x``    8-coil golden-angle radial NUFFT, 4x fewer spokes than Nyquist, 30 dB    ``(2, 160, 160)`` Colin27 T1
-``mri-radial-dynamic`` 2D+time, 8 coils, one golden-angle trajectory per frame (8x), 30 dB    ``(2, 8, 96, 96)``
-``mri-3d``           3D stack-of-stars (Cartesian kz, golden-angle radial in-plane 4x), 8 coils ``(2, 16, 80, 80)``
-``ct-sparse-view``   2D fan beam, 60 views over 360 degrees, 40 dB                               ``(1, 160, 160)`` head CT
-``ct-3d-cone``       3D cone beam, 60 views, 40 dB -- CUDA GPU only                              ``(1, 8, 160, 160)`` head CT
-==================== ======================================================================== ===========================
+======================== ========================================================== ==============================
+task                     physics and noise                                          images (test split)
+======================== ========================================================== ==============================
+``mri-radial-4x``        8-coil golden-angle radial NUFFT, 4x fewer spokes than     ``(2, 160, 160)`` Colin27 T1
+                         Nyquist, 30 dB
+``mri-radial-dynamic``   2D+time, 8 coils, one golden-angle trajectory per frame    ``(2, 8, 96, 96)`` moving slices
+                         (8x per frame), 30 dB
+``mri-3d``               stack-of-stars 3D NUFFT (Cartesian kz, golden-angle        ``(2, 16, 80, 80)`` slabs
+                         radial in-plane 4x), 8 coils, 30 dB
+``ct-sparse-view``       2D fan beam, 60 views over 360 degrees, 40 dB              ``(1, 160, 160)`` head CT
+``ct-3d-cone``           3D cone beam, 60 views, 40 dB -- CUDA GPU only             ``(1, 8, 160, 160)`` head CT
+======================== ========================================================== ==============================
+
+Training images are cropped to :attr:`Task.train_crop` (128 for the 2D tasks; ``None`` for the
+smaller 2D+time and 3D images), sizes chosen for a 2-core CPU. Noise is set as a measurement SNR
+(:class:`RelativeGaussianNoise`); at 30 dB, CG on the normal equations of ``mri-radial-4x`` (one
+128 x 128 test crop) reached 30.2 dB PSNR after 10 iterations, 25.7 dB after 30 (it fits the noise),
+against 45 dB after 100 iterations without noise. The CT tasks read the real
+head CT when Debian's ``invesalius-examples`` is installed and the embedded MRI slices otherwise
+(with a warning), so their images depend on the machine.
 
 Every task offers:
 
