@@ -70,7 +70,7 @@ def simulate_set(task, images, seed: int, device="cpu"):
 
     from .training import mix_seed
 
-    physics = task.build_physics(tuple(images.shape[1:]), device, torch.Generator(device).manual_seed(mix_seed(seed, 7)))
+    physics = task.build_physics(tuple(images.shape[1:]), device, None)  # the task's default geometry
     xs, ys = [], []
     for i in range(images.shape[0]):
         gen = torch.Generator(device).manual_seed(mix_seed(seed, i))
@@ -241,7 +241,7 @@ def cmd_demo(args) -> int:
     from .training import image_of
 
     task = _task(args.task)
-    data = task.dataset("test")
+    data = task.dataset("test", seed=args.seed)
     n = min(args.n_images, len(data))
     if n < 1:
         raise CLIError(f"--n-images must be >= 1, got {args.n_images}")
@@ -276,15 +276,15 @@ def cmd_eval(args) -> int:
     task = _task(args.task)
     names = _model_names(args.models)
     _check_models_for_task(task, names)
+    if args.images is not None:
+        data = task.dataset_from(load_image_file(args.images), seed=args.seed)
+    else:
+        data = task.dataset(args.split, seed=args.seed)
+    count = len(data) if args.n_images is None else min(args.n_images, len(data))
+    images = torch.stack([image_of(data[i]) for i in range(count)])
     for name in names:  # fail before the work if a learned model has no weights
         if name in LEARNED_MODELS:
             load_pretrained(name, task.name)
-    if args.images is not None:
-        images = load_image_file(args.images)
-    else:
-        data = task.dataset(args.split)
-        count = len(data) if args.n_images is None else min(args.n_images, len(data))
-        images = torch.stack([image_of(data[i]) for i in range(count)])
     physics, xs, ys = simulate_set(task, images, args.seed)
     results, recons, _ = evaluate_models(task, names, xs, ys, physics)
     print(format_table(results))
@@ -304,11 +304,7 @@ def cmd_train(args) -> int:
     task = _task(args.task)
     if args.model not in LEARNED_MODELS:
         raise CLIError(f"unknown model {args.model!r}: expected one of {', '.join(LEARNED_MODELS)}")
-    sample = task.dataset("train")[0]
-    from .training import image_of
-
-    channels = image_of(sample).shape[0]
-    config = default_config(args.model, channels)
+    config = default_config(args.model, task.channels)
     for key, value in (("width", args.width), ("depth", args.depth)):
         if value is not None:
             if "cnn" not in config:
@@ -317,7 +313,7 @@ def cmd_train(args) -> int:
     if args.iters is not None:
         section = next(k for k in ("mol", "modl", "luser") if k in config)
         config[section]["max_iter" if section == "mol" else "num_iter"] = args.iters
-    crop = None if args.crop == 0 else args.crop
+    crop = task.train_crop if args.crop is None else (None if args.crop == 0 else args.crop)
     out = args.out or f"runs/{task.name}__{args.model}"
     history = train(
         task.name,
@@ -336,6 +332,10 @@ def cmd_train(args) -> int:
         config=config,
         progress=not args.quiet,
     )
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     curve = history.get("val_psnr", [])
@@ -349,8 +349,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_certify(args) -> int:
-    import torch
-
     from .guarantees import certify
     from .pretrained import LEARNED_MODELS, load_pretrained
     from .training import image_of
@@ -359,9 +357,17 @@ def cmd_certify(args) -> int:
     if args.model not in LEARNED_MODELS:
         raise CLIError(f"unknown model {args.model!r}: expected one of {', '.join(LEARNED_MODELS)}")
     model = load_pretrained(args.model, task.name)
-    x = image_of(task.dataset("test")[0])[None]
-    physics = task.build_physics(tuple(x.shape[1:]), "cpu", torch.Generator().manual_seed(args.seed))
-    print(certify(model, physics))
+    if args.model not in ("mol-penalty", "mol-strict"):
+        print(
+            f"{args.model} on {task.name}: no guarantee to certify. Its network is applied a fixed number of times "
+            "(unrolled), not solved to a fixed point of a monotone operator: neither uniqueness, convergence nor a "
+            "robustness bound follows from its construction (see docs/theory.rst)."
+        )
+        return 0
+    x = image_of(task.dataset("test", seed=args.seed)[0])[None]
+    physics = task.build_physics(tuple(x.shape[1:]), "cpu", None)
+    print(f"{args.model} on {task.name} (images {tuple(x.shape[1:])}):")
+    print(certify(model, physics, x=tuple(x.shape)))
     return 0
 
 
@@ -468,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", required=True)
     t.add_argument("--steps", type=_positive, default=1000)
     t.add_argument("--batch-size", type=_positive, default=4)
-    t.add_argument("--crop", type=_nonneg, default=128, help="square training crop side (0: whole images)")
+    t.add_argument("--crop", type=_nonneg, default=None, help="square training crop side (default: the task's; 0: whole images)")
     t.add_argument("--lr", type=_positive_float, default=1e-3)
     t.add_argument("--out", default=None, help="output folder (default runs/<task>__<model>)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -489,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help=".npy stack (N, H, W) in [0, 1] or complex (N, 2, H, W)")
     src.add_argument("--split", choices=("train", "val", "test"), help="embedded data split instead of --images")
-    e.add_argument("--n-images", type=_positive, default=None, help="with --split: first N images")
+    e.add_argument("--n-images", type=_positive, default=None, help="evaluate the first N images only")
     e.add_argument("--models", default="mol-penalty,mol-strict,modl,luser,cg,adjoint")
     e.add_argument("--json", default=None)
     e.add_argument("--figure", default=None, help="PNG with images and error maps")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -137,9 +138,9 @@ class CGReconstruction(Reconstructor):
 
     solved with deepinv's :func:`deepinv.optim.linear.conjugate_gradient` (the one CG of the project). The
     relative weight :math:`\varepsilon` makes the baseline independent of the operator's scaling;
-    :math:`\|A\|^2` comes from ``physics.compute_norm`` once per physics object. After a call,
-    ``stats["iterations"]`` is the number of CG iterations (normal-operator applications minus the one
-    for the initial residual) -- counted because deepinv's CG does not report it.
+    :math:`\|A\|^2` comes from ``physics.compute_sqnorm`` once per physics object. After a call,
+    ``stats["iterations"]`` is the number of CG iterations, recovered from the count of normal-operator
+    applications because deepinv's CG does not report it.
 
     :param float eps: relative Tikhonov weight :math:`\varepsilon`.
     :param int max_iter: CG iteration cap.
@@ -165,7 +166,7 @@ class CGReconstruction(Reconstructor):
         b = physics.A_adjoint(y)
         key = id(physics)
         if key not in self._norms:
-            self._norms[key] = float(physics.compute_norm(torch.randn_like(b), verbose=False))
+            self._norms[key] = float(physics.compute_sqnorm(torch.randn_like(b), verbose=False))
         weight = self.eps * self._norms[key]
         calls = [0]
 
@@ -174,8 +175,17 @@ class CGReconstruction(Reconstructor):
             return physics.A_adjoint_A(x) + weight * x
 
         x = conjugate_gradient(normal, b, max_iter=self.max_iter, tol=self.tol)
-        self.stats = {"iterations": calls[0] - 1}
+        self.stats = {"iterations": _cg_iterations(calls[0])}
         return x
+
+
+def _cg_iterations(calls: int) -> int:
+    # deepinv's CG applies the operator once for the initial residual, once per iteration i, and once more
+    # to refresh the residual after iterations i = 100, 200, ...: invert that count
+    n = max(calls - 1, 0)
+    while n > 0 and 1 + n + (n - 1) // 100 > calls:
+        n -= 1
+    return n
 
 
 class FBPReconstruction(Reconstructor):
@@ -207,19 +217,24 @@ class FBPReconstruction(Reconstructor):
 # weights
 
 
+WEIGHTS_ENV = "DEEPINV_MOL_WEIGHTS"
+
+
 def weights_dir() -> Path:
-    r"""The folder holding the shipped weights and their manifest (inside the installed package)."""
-    return _WEIGHTS_DIR
+    r"""The folder holding the weights and their manifest: ``$DEEPINV_MOL_WEIGHTS`` when set (e.g. a folder
+    written by ``deepinv-mol train --export``), else the weights shipped inside the installed package."""
+    env = os.environ.get(WEIGHTS_ENV)
+    return Path(env) if env else _WEIGHTS_DIR
 
 
 def read_manifest(directory: str | Path | None = None) -> dict:
     r"""The weights manifest: ``{"<task>/<model>": {"file", "sha256", "config", "command", "train_seconds", ...}}``.
 
-    :param str directory: folder to read (default: the shipped :func:`weights_dir`).
+    :param str directory: folder to read (default: :func:`weights_dir`).
     :return: the manifest's ``"models"`` dict (empty if no weights are shipped).
     :raises ValueError: the manifest exists but is not valid JSON.
     """
-    path = Path(directory or _WEIGHTS_DIR) / MANIFEST_NAME
+    path = Path(directory or weights_dir()) / MANIFEST_NAME
     if not path.exists():
         return {}
     try:
@@ -231,7 +246,7 @@ def read_manifest(directory: str | Path | None = None) -> dict:
 def available_pretrained(directory: str | Path | None = None) -> list[tuple[str, str]]:
     r"""``(task, model)`` pairs with shipped weights.
 
-    :param str directory: folder to read (default: the shipped :func:`weights_dir`).
+    :param str directory: folder to read (default: :func:`weights_dir`).
     """
     return sorted(tuple(key.split("/", 1)) for key in read_manifest(directory))
 
@@ -252,8 +267,8 @@ def load_pretrained(
     :param str name: ``"mol-penalty"``, ``"mol-strict"``, ``"luser"`` or ``"modl"``.
     :param str task: a task of :func:`deepinv_mol.tasks.list_tasks`, e.g. ``"mri-radial-4x"``.
     :param str, torch.device device: where to put the model.
-    :param str directory: weights folder (default: the shipped one; ``deepinv-mol train --out`` writes the
-        same layout, so a user's own training loads the same way).
+    :param str directory: weights folder (default :func:`weights_dir`: ``$DEEPINV_MOL_WEIGHTS`` or the shipped
+        one; ``deepinv-mol train --export DIR`` writes the same layout, so a user's own training loads the same way).
     :return: the model in ``eval()`` mode, ``x_hat = model(y, physics)``.
     :raises ValueError: unknown model name or task.
     :raises MissingWeightsError: the model is known but no weights were shipped for this task.
@@ -268,7 +283,7 @@ def load_pretrained(
     """
     _check_name(name, LEARNED_MODELS)
     _check_task(task)
-    directory = Path(directory or _WEIGHTS_DIR)
+    directory = Path(directory or weights_dir())
     entry = read_manifest(directory).get(f"{task}/{name}")
     if entry is None:
         shipped = ", ".join(f"{m} ({t})" for t, m in available_pretrained(directory)) or "none"

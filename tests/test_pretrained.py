@@ -1,0 +1,162 @@
+"""load_pretrained and the reconstructors behind the CLI's model names."""
+
+import json
+
+import deepinv as dinv
+import pytest
+import torch
+
+from deepinv_mol import pretrained
+from deepinv_mol.pretrained import (
+    CGReconstruction,
+    FBPReconstruction,
+    MissingWeightsError,
+    AdjointReconstruction,
+    build_model,
+    default_config,
+    file_sha256,
+    get_reconstructor,
+    load_pretrained,
+    read_manifest,
+)
+
+TINY = {"cnn": {"channels": 2, "width": 4, "depth": 2, "constraint": "penalty"}, "modl": {"num_iter": 3}}
+
+
+def _mri(shape=(2, 16, 16), full=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(shape[-2:]) if full else (torch.rand(shape[-2:], generator=g) < 0.5).float()
+    return dinv.physics.MRI(mask=mask, img_size=shape)
+
+
+def _write_weights(directory, model, key="mri-radial-4x/modl", config=TINY):
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), directory / "w.pt")
+    entry = {"file": "w.pt", "sha256": file_sha256(directory / "w.pt"), "config": config}
+    (directory / "manifest.json").write_text(json.dumps({"models": {key: entry}}))
+
+
+def test_unknown_names_are_value_errors():
+    with pytest.raises(ValueError, match="unknown model 'unet'"):
+        load_pretrained("unet", "mri-radial-4x")
+    with pytest.raises(ValueError, match="unknown task 'mri-radial-2x'"):
+        load_pretrained("modl", "mri-radial-2x")
+    with pytest.raises(ValueError, match="unknown model"):
+        get_reconstructor("sense", "mri-radial-4x")
+
+
+def test_missing_weights_say_what_is_available(tmp_path):
+    with pytest.raises(MissingWeightsError, match="no weights for model 'mol-strict' on task 'mri-radial-4x'.*none"):
+        load_pretrained("mol-strict", "mri-radial-4x", directory=tmp_path)
+    torch.manual_seed(0)
+    _write_weights(tmp_path, build_model("modl", config=TINY))
+    with pytest.raises(MissingWeightsError, match=r"available: modl \(mri-radial-4x\)"):
+        load_pretrained("mol-strict", "mri-radial-4x", directory=tmp_path)
+    (tmp_path / "w.pt").unlink()
+    with pytest.raises(MissingWeightsError, match="missing"):
+        load_pretrained("modl", "mri-radial-4x", directory=tmp_path)
+
+
+def test_round_trip_and_checksum(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("modl", config=TINY)
+    _write_weights(tmp_path, model)
+    monkeypatch.setenv(pretrained.WEIGHTS_ENV, str(tmp_path))
+    loaded = load_pretrained("modl", "mri-radial-4x")  # found through $DEEPINV_MOL_WEIGHTS
+    assert not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    physics = _mri()
+    y = physics(torch.rand(1, 2, 16, 16))
+    with torch.no_grad():
+        assert torch.allclose(loaded(y, physics), model.eval()(y, physics))
+    # a replaced file no longer matches the manifest
+    torch.save({k: v + 1 for k, v in model.state_dict().items()}, tmp_path / "w.pt")
+    with pytest.raises(ValueError, match="checksum"):
+        load_pretrained("modl", "mri-radial-4x")
+
+
+def test_malformed_manifest(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="malformed"):
+        read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("name", pretrained.LEARNED_MODELS)
+def test_build_model_shapes(name):
+    torch.manual_seed(0)
+    cfg = default_config(name, channels=1)
+    json.dumps(cfg)  # what the manifest stores must be JSON
+    model = build_model(name, config=cfg)
+    assert isinstance(model, dinv.models.Reconstructor) or hasattr(model, "forward")
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 0 < n_params < 600_000  # "a few MB" of float32 weights in total for 8 models
+
+
+def test_modl_uses_the_mol_network():
+    mol, modl = default_config("mol-penalty"), default_config("modl")
+    same = {k: v for k, v in mol["cnn"].items() if k != "lipschitz"}
+    assert same == modl["cnn"] and modl["modl"]["num_iter"] == 10
+    model = build_model("modl")
+    assert type(model.prior[0].denoiser).__name__ == "MonotoneCNN"
+
+
+def test_adjoint_and_cg_solve_what_they_claim():
+    physics = _mri()
+    x = torch.rand(2, 2, 16, 16)
+    y = physics(x)
+    assert torch.equal(AdjointReconstruction()(y, physics), physics.A_adjoint(y))
+    cg = CGReconstruction(eps=1e-2, max_iter=200, tol=1e-7)
+    x_hat = cg(y, physics)
+    weight = 1e-2 * float(physics.compute_sqnorm(torch.randn_like(x), verbose=False))
+    residual = physics.A_adjoint_A(x_hat) + weight * x_hat - physics.A_adjoint(y)
+    assert residual.norm() < 1e-4 * physics.A_adjoint(y).norm()
+    assert cg.stats["iterations"] == 200  # float32 never reaches tol=1e-7: the cap, counted exactly
+    cg = CGReconstruction(eps=1e-2, max_iter=200, tol=1e-5)
+    cg(y, physics)
+    assert 1 <= cg.stats["iterations"] < 200
+
+
+def test_cg_iteration_count_inverts_deepinv_call_pattern():
+    from deepinv_mol.pretrained import _cg_iterations
+
+    # 1 initial residual + n iterations + a refresh after iterations 100, 200, ...
+    for n in (0, 1, 2, 99, 100, 101, 150, 250):
+        assert _cg_iterations(1 + n + max(n - 1, 0) // 100) == n
+
+
+def test_cg_on_identity_normal_operator_takes_one_iteration():
+    physics = _mri(full=True)  # fully sampled: A^H A = I
+    y = physics(torch.rand(1, 2, 16, 16))
+    cg = CGReconstruction(eps=0.0)
+    assert torch.allclose(cg(y, physics), physics.A_adjoint(y), atol=1e-6)
+    assert cg.stats["iterations"] == 1
+
+
+def test_fbp_refuses_non_ct_physics():
+    physics = _mri()
+    with pytest.raises(ValueError, match="CT physics"):
+        FBPReconstruction()(physics(torch.rand(1, 2, 16, 16)), physics)
+
+
+def test_classical_names_resolve():
+    assert isinstance(get_reconstructor("cg", "mri-radial-4x"), CGReconstruction)
+    assert isinstance(get_reconstructor("fbp", "ct-sparse-view"), FBPReconstruction)
+
+
+SHIPPED = pretrained.available_pretrained(pretrained._WEIGHTS_DIR)
+
+
+def test_shipped_weights_are_small():
+    manifest = read_manifest(pretrained._WEIGHTS_DIR)
+    total = sum((pretrained._WEIGHTS_DIR / e["file"]).stat().st_size for e in manifest.values())
+    assert total < 8e6
+    for key, entry in manifest.items():
+        assert entry["command"].startswith("deepinv-mol train"), key
+        assert entry["train_seconds"] > 0 and entry["val_psnr"], key
+
+
+@pytest.mark.parametrize("task,name", SHIPPED)
+def test_shipped_weights_load(task, name):
+    model = load_pretrained(name, task, directory=pretrained._WEIGHTS_DIR)
+    assert not model.training
