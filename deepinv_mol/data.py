@@ -607,10 +607,11 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         generator = item_generator(self.seed, self.epoch, index)
         image = self._image(index, generator)
+        # copies, never views: a caller editing an item in place must not change the dataset
         if not self.complex:
-            return image.unsqueeze(0).contiguous()
+            return image.unsqueeze(0).clone()
         if image.dim() == 3:
-            return image.contiguous()
+            return image.clone()
         return add_phase(image, smooth_random_phase(image.shape, generator, self.max_phase))
 
 
@@ -694,7 +695,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         if volume.dim() == 4:
             if not self.complex:
                 raise ValueError("complex (N, 2, H, W) slices given to a magnitude (1-channel) volume dataset")
-            return volume.contiguous()
+            return volume.clone()
         if not self.complex:
-            return volume.unsqueeze(0).contiguous()
+            return volume.unsqueeze(0).clone()
         return add_phase(volume, smooth_random_phase(volume.shape, generator, self.max_phase))

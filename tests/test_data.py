@@ -136,6 +136,9 @@ def test_slice_dataset_deterministic_and_layout():
     assert not torch.allclose(x, data.SliceDataset(images, complex=True, seed=6)[2])
     magnitude = data.SliceDataset(images, crop_size=64)[1]
     assert magnitude.shape == (1, 64, 64) and torch.equal(magnitude[0], images[1, 48:112, 48:112])
+    full = data.SliceDataset(images)
+    full[0].zero_()  # items are copies
+    assert torch.equal(full[0][0], images[0]) and float(images[0].max()) > 0
 
 
 def test_slice_dataset_training_augmentation_changes_with_epoch():
@@ -338,7 +341,7 @@ def test_deepinv_dataset_pass_through(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         data.deepinv_dataset("fastmri", tmp_path / "absent")
     if importlib.util.find_spec("h5py") is not None:
-        empty = data.deepinv_dataset("fastmri", tmp_path)
+        empty = data.deepinv_dataset("fastmri", tmp_path, use_dict_output=True)
         assert isinstance(empty, deepinv.datasets.FastMRISliceDataset) and len(empty) == 0
 
 
