@@ -427,3 +427,19 @@ def test_deepinv_modl_trains_on_nufft(rng):
         assert torch.isfinite(p.grad).all(), name
     # the data-consistency step size is learned through CG on the NUFFT normal operator
     assert any(params[name].grad.abs() > 0 for name in used if "stepsize" in name)
+
+
+# ----------------------------------------------------------------------------- benchmark function
+def test_bench_normal_operator_rows():
+    """The benchmark's rows carry both timings and the Toeplitz/pair agreement (no timing asserted)."""
+    from deepinv_mol.bench.nufft import bench_normal_operator
+
+    before = torch.get_num_threads()
+    rows = bench_normal_operator(img_size=16, n_coils=(3, 1), repeats=1, warmup=0, threads=1)
+    assert torch.get_num_threads() == before
+    assert [row["n_coils"] for row in rows] == [3, 1]
+    for row in rows:
+        assert row["spokes"] == spokes_for_acceleration(16, 4) and row["samples"] == row["spokes"] * 32
+        assert row["rel_diff"] < 1e-4 and row["threads"] == 1
+        assert row["toeplitz_ms"] > 0 and row["nufft_pair_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["nufft_pair_ms"] / row["toeplitz_ms"])
