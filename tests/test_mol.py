@@ -1,0 +1,293 @@
+"""MOL: fixed point, uniqueness, implicit gradients, memory, physics coverage, training; the prior."""
+
+import warnings
+
+import deepinv as dinv
+import pytest
+import torch
+
+from deepinv.optim.linear import conjugate_gradient
+
+from deepinv_mol.bench.memory import saved_tensors_memory
+from deepinv_mol.models import MonotoneCNN
+from deepinv_mol.optim import MOL, MonotoneScorePrior
+
+N = 16
+
+
+def _phantom(batch=2, n=N):
+    """Smooth positive complex phantoms (B, 2, n, n): ellipses with a phase."""
+    ii, jj = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    out = []
+    for b in range(batch):
+        img = ((ii**2 / 0.6 + (jj - 0.1 * b) ** 2 / 0.4) < 1).float() + 0.5 * (((ii - 0.2) ** 2 + jj**2) < 0.1).float()
+        out.append(torch.stack([img, (0.3 + 0.2 * b) * img * jj.cos()]))
+    return torch.stack(out)
+
+
+def _mri(n=N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(n, n, generator=g) < 0.25).float()
+    mask[:, n // 2 - 2 : n // 2 + 2] = 1.0  # 4x-ish with a fully sampled centre
+    return dinv.physics.MRI(mask=mask, img_size=(2, n, n))
+
+
+def _net(seed=0, **kw):
+    torch.manual_seed(seed)
+    return MonotoneCNN(width=8, depth=5, constraint="strict", lipschitz=0.99, **kw)
+
+
+def _equation_residual(model, x, y, physics):
+    """Relative residual of MOL's fixed-point equation F(x) + lambda A^H(Ax - y) = 0, per item (max)."""
+    with torch.no_grad():
+        lam = model.lambda_
+        r = x - model.denoiser(x) + lam * physics.A_adjoint(physics.A(x) - y)
+        scale = lam * physics.A_adjoint(y)
+    return float((r.flatten(1).norm(dim=1) / scale.flatten(1).norm(dim=1)).max())
+
+
+def _rel(a, b):
+    return float(((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).max())
+
+
+@pytest.fixture
+def problem():
+    physics = _mri()
+    x = _phantom()
+    return physics, x, physics(x)
+
+
+def test_solves_the_mol_equation_and_fixed_point_does_not_depend_on_alpha(problem):
+    physics, _, y = problem
+    net = _net().eval()
+    sols = {}
+    for alpha in (1.0, 0.3):
+        model = MOL(net, lambda_=10.0, alpha=alpha, tol=1e-6, max_iter=300)
+        with torch.no_grad():
+            sols[alpha] = model(y, physics)
+        assert model.stats["converged"] and not model.stats["diverged"]
+        assert _equation_residual(model, sols[alpha], y, physics) < 1e-4
+    assert _rel(sols[0.3], sols[1.0]) < 1e-4
+
+
+def test_uniqueness_from_different_starts(problem):
+    """Several starts (CG init, zero, A^H y, noise, a scaled truth) converge to one point (rel. diff < 1e-3)."""
+    physics, x, y = problem
+    net = _net().eval()
+    model = MOL(net, lambda_=10.0, tol=1e-6, max_iter=300)
+    g = torch.Generator().manual_seed(5)
+    starts = [None, torch.zeros_like(x), physics.A_adjoint(y), 3.0 * torch.randn(x.shape, generator=g), -2.0 * x]
+    sols = []
+    with torch.no_grad():
+        for s in starts:
+            sols.append(model(y, physics, init=s))
+            assert model.stats["converged"]
+    for s in sols[1:]:
+        assert _rel(s, sols[0]) < 1e-3
+
+
+def test_batch_of_two_equals_two_singles(problem):
+    physics, _, y = problem
+    model = MOL(_net().eval(), lambda_=10.0, tol=1e-6)
+    with torch.no_grad():
+        both = model(y, physics)
+        singles = torch.cat([model(y[i : i + 1], physics) for i in range(2)])
+    assert _rel(both, singles) < 1e-5
+
+
+@pytest.mark.parametrize("backward_anderson", [0, 5])
+def test_implicit_gradient_matches_unrolled_autograd(problem, backward_anderson):
+    """Implicit gradient w.r.t. the network weights and lambda vs plain autograd through 100 unrolled
+    steps with exact data consistency (deepinv's CG to 1e-12): cosine > 0.99 and relative error < 1e-3
+    (measured in float64: relative error ~1e-7 for the weights and for lambda)."""
+    physics, x, y = problem
+    net = _net(seed=1).double().train()
+    y, x = y.double(), x.double()
+    model = MOL(net, lambda_=3.0, tol=1e-9, max_iter=200, backward_tol=1e-10, backward_cg_tol=1e-12,
+                backward_anderson=backward_anderson, backward_max_iter=300)
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert any(p is model.raw_lambda for p in params)
+    x0 = model.initialise(y, physics)
+    aty = physics.A_adjoint(y)
+
+    xk = x0
+    for _ in range(100):  # brute force: autograd through every step and every CG iteration
+        al = model.alpha * model.lambda_
+        xk = conjugate_gradient(lambda u: u + al * physics.A_adjoint_A(u), model.score_step(xk) + al * aty,
+                                max_iter=50, tol=1e-12, eps=1e-30)
+    ref = torch.autograd.grad(((xk - x) ** 2).sum(), params)
+
+    x_hat = model(y, physics, init=x0)
+    assert _rel(x_hat.detach(), xk.detach()) < 1e-8
+    got = torch.autograd.grad(((x_hat - x) ** 2).sum(), params)
+    assert model.stats["backward_converged"]
+    flat_ref, flat_got = torch.cat([g.flatten() for g in ref]), torch.cat([g.flatten() for g in got])
+    cos = torch.nn.functional.cosine_similarity(flat_got, flat_ref, dim=0)
+    assert cos > 0.99
+    assert (flat_got - flat_ref).norm() / flat_ref.norm() < 1e-3
+    i = [j for j, p in enumerate(params) if p is model.raw_lambda][0]
+    assert abs(float(got[i] / ref[i]) - 1) < 1e-3
+
+
+def test_saved_for_backward_same_for_10_and_100_iterations(problem):
+    physics, x, y = problem
+    counts = []
+    for n in (10, 100):
+        model = MOL(_net().train(), lambda_=10.0, tol=0.0, max_iter=n, warn=False)
+        mem = saved_tensors_memory(model, y, physics, x)
+        assert model.stats["iterations"] == n and "backward_iterations" in model.stats
+        counts.append(mem)
+    assert counts[0] == counts[1] and counts[0]["saved_bytes"] > 0
+
+
+def test_memory_smaller_than_modl_with_same_cnn(problem):
+    physics, x, y = problem
+    net = _net()
+    mol = saved_tensors_memory(MOL(net, lambda_=10.0, tol=0.0, max_iter=10, warn=False), y, physics, x)
+    modl = saved_tensors_memory(dinv.models.MoDL(denoiser=net, num_iter=10), y, physics, x)
+    assert modl["saved_bytes"] > 5 * mol["saved_bytes"]
+
+
+def test_non_convergence_warns_and_is_recorded(problem):
+    physics, _, y = problem
+    model = MOL(_net().eval(), lambda_=10.0, alpha=0.05, anderson=0, tol=1e-8, max_iter=3)
+    with pytest.warns(RuntimeWarning, match=r"MOL fixed-point solve did not converge.*max_iter=3"):
+        model(y, physics)
+    assert model.stats["iterations"] == 3 and not model.stats["converged"]
+
+
+def test_jfb_backward_reaches_parameters_without_adjoint_solve(problem):
+    physics, x, y = problem
+    model = MOL(_net().train(), lambda_=10.0, backward="jfb")
+    ((model(y, physics) - x) ** 2).sum().backward()
+    assert model.raw_lambda.grad is not None and torch.isfinite(model.raw_lambda.grad)
+    assert all(p.grad is not None for p in model.denoiser.parameters())
+    assert "backward_iterations" not in model.stats
+
+
+def test_positive_parameters_and_learnable_alpha(problem):
+    physics, x, y = problem
+    model = MOL(_net().train(), lambda_=0.5, alpha=0.5, learn_alpha=True)
+    assert abs(float(model.lambda_) - 0.5) < 1e-6 and abs(float(model.alpha) - 0.5) < 1e-6
+    ((model(y, physics) - x) ** 2).sum().backward()
+    assert model.raw_alpha.grad is not None and float(model.raw_alpha.grad) != 0.0
+    with torch.no_grad():
+        model.raw_lambda.fill_(-50.0)
+        model.raw_alpha.fill_(40.0)
+    assert float(model.lambda_) > 0 and 0 < float(model.alpha) <= 1
+
+
+def _physics_case(name):
+    g = torch.Generator().manual_seed(0)
+    if name == "mri":
+        return _mri(), _phantom(1), _net()
+    if name == "multicoil-mri":
+        mask = (torch.rand(N, N, generator=g) < 0.4).float()
+        physics = dinv.physics.MultiCoilMRI(mask=mask, coil_maps=3, img_size=(N, N))
+        return physics, _phantom(1), _net()
+    if name == "mri-3d":
+        mask = (torch.rand(4, N, N, generator=g) < 0.4).float()
+        physics = dinv.physics.MRI(mask=mask, img_size=(2, 4, N, N), three_d=True)
+        return physics, _phantom(4).permute(1, 0, 2, 3)[None], _net(dims=3)
+    if name == "mri-2d+t":
+        mask = (torch.rand(1, 1, 4, N, N, generator=g) < 0.3).float()
+        physics = dinv.physics.DynamicMRI(mask=mask, img_size=(2, 4, N, N))
+        return physics, _phantom(4).permute(1, 0, 2, 3)[None], _net(dims=3)
+    if name == "blur":
+        physics = dinv.physics.Blur(dinv.physics.blur.gaussian_blur(sigma=1.0), padding="circular")
+        return physics, _phantom(1)[:, :1], _net(channels=1)
+    if name == "tomography":
+        physics = dinv.physics.Tomography(angles=8, img_width=N)
+        return physics, _phantom(1)[:, :1], _net(channels=1)
+    raise ValueError(name)
+
+
+@pytest.mark.parametrize("name", ["mri", "multicoil-mri", "mri-3d", "mri-2d+t", "blur", "tomography"])
+def test_any_linear_physics(name):
+    physics, x, net = _physics_case(name)
+    y = physics(x)
+    model = MOL(net.eval(), lambda_=10.0, tol=1e-5, max_iter=200)
+    with torch.no_grad():
+        x_hat = model(y, physics)
+    assert x_hat.shape == x.shape
+    assert model.stats["converged"]
+    assert _equation_residual(model, x_hat, y, physics) < 1e-3
+
+
+def test_trains_with_deepinv_trainer(problem, tmp_path):
+    physics, _, _ = problem
+    torch.manual_seed(0)
+    xs = torch.cat([_phantom(2), _phantom(2).flip(-1), _phantom(2).flip(-2)])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs), batch_size=3)
+    model = MOL(_net().train(), lambda_=1.0, tol=1e-4, max_iter=50, warn=False)
+
+    def loss_now():
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(model(physics(xs), physics), xs))
+
+    before = loss_now()
+    trainer = dinv.Trainer(
+        model, physics, torch.optim.Adam(model.parameters(), lr=1e-2), loader, epochs=4,
+        losses=dinv.loss.SupLoss(), online_measurements=True, save_path=str(tmp_path), verbose=False,
+        show_progress_bar=False, compute_train_metrics=False, metrics=[],
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    after = loss_now()
+    assert after < 0.9 * before
+
+
+def test_bad_input_raises(problem):
+    physics, x, y = problem
+    with pytest.raises(ValueError, match="lambda_"):
+        MOL(_net(), lambda_=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        MOL(_net(), alpha=-1.0)
+    with pytest.raises(ValueError, match="backward"):
+        MOL(_net(), backward="unrolled")
+    with pytest.raises(ValueError, match="anderson"):
+        MOL(_net(), anderson=-2)
+    model = MOL(_net(), lambda_=10.0)
+    with pytest.raises(ValueError, match="image shape"):
+        model(y, physics, init=x[:, :1])
+    with pytest.raises(TypeError, match="LinearPhysics"):
+        model(y, object())
+    with pytest.raises(TypeError, match="measurements"):
+        model(y.numpy(), physics)
+
+
+# --- MonotoneScorePrior ------------------------------------------------------------------------
+
+
+def test_prior_grad_and_resolvent():
+    net = _net().eval()
+    prior = MonotoneScorePrior(net)
+    x = _phantom()
+    assert torch.allclose(prior.grad(x, 0.1), x - net(x))
+    p = prior.prox(x, 0.1, gamma=2.0)
+    assert prior.prox_stats["converged"]
+    with torch.no_grad():
+        assert _rel(p + 2.0 * prior.grad(p), x) < 1e-4
+
+
+@pytest.mark.parametrize("algo", ["GD", "PGD"])
+def test_prior_in_deepinv_optimisers_reaches_mols_fixed_point(problem, algo):
+    """deepinv's GD (gradient steps on F) and PGD (resolvent of F) with lambda_reg = 1/lambda converge to
+    MOL's fixed point: both solve F(x) + lambda A^H(Ax - y) = 0."""
+    physics, _, y = problem
+    net = _net().eval()
+    lam = 2.0
+    with torch.no_grad():
+        x_mol = MOL(net, lambda_=lam, tol=1e-7, max_iter=500)(y, physics)
+        solver = getattr(dinv.optim, algo)(
+            prior=MonotoneScorePrior(net), data_fidelity=dinv.optim.L2(), lambda_reg=1.0 / lam,
+            stepsize=0.5, max_iter=300, early_stop=False,
+        )
+        x_opt = solver(y, physics)
+    assert _rel(x_opt, x_mol) < 1e-3
+
+
+def test_prior_bad_gamma():
+    with pytest.raises(ValueError, match="gamma"):
+        MonotoneScorePrior(_net()).prox(_phantom(), gamma=0.0)
