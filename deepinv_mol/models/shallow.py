@@ -209,8 +209,17 @@ class ShallowEquilibrium(Denoiser):
             getattr(self, f"_power_vector_{i}").copy_(u)
 
     def _operator_norm(self, i: int, weight: Tensor) -> Tensor:
-        # ||W u|| with u the (detached) top right-singular vector estimate: differentiable in W
-        return self._conv(getattr(self, f"_power_vector_{i}"), weight).norm()
+        r"""Estimate :math:`\|W u\|` of the operator norm (:math:`u` the persistent top right-singular vector
+        estimate), differentiable in :math:`W`: with :math:`v = Wu/\|Wu\|`, :math:`\|Wu\| = \langle v, Wu\rangle
+        = \langle W, G\rangle` where :math:`G = \partial \langle v, Wu\rangle / \partial W` (kernel-shaped), so
+        autograd keeps only :math:`G`, not the power vectors (training memory independent of ``power_size``)."""
+        u = getattr(self, f"_power_vector_{i}")
+        with torch.no_grad():
+            wu = self._conv(u, weight)
+            v = wu / wu.norm().clamp_min(1e-12)
+            grad_weight = (torch.nn.grad.conv2d_weight if self.dims == 2 else torch.nn.grad.conv3d_weight)
+            g = grad_weight(u, weight.shape, v, padding=self.kernel_size // 2)
+        return (weight * g).sum()
 
     def normalized_weights(self) -> list[Tensor]:
         r"""The :math:`z`-path weights after the contraction safeguard,
