@@ -64,7 +64,8 @@ def default_config(name: str, channels: int = 2) -> dict:
         }
     if name == "modl":
         return {"cnn": cnn | {"constraint": "penalty"}, "modl": {"num_iter": 10}}
-    return {"luser": {"num_iter": 5, "channels": int(channels)}}
+    # step size 1/||A||^2 (power method at the first call): a fixed 1.0 diverges when ||A||^2 > 2
+    return {"luser": {"num_iter": 5, "channels": int(channels), "step_size": "auto"}}
 
 
 def build_model(name: str, channels: int = 2, config: dict | None = None) -> Reconstructor:
@@ -166,7 +167,9 @@ class CGReconstruction(Reconstructor):
         b = physics.A_adjoint(y)
         key = id(physics)
         if key not in self._norms:
-            self._norms[key] = float(physics.compute_sqnorm(torch.randn_like(b), verbose=False))
+            # a fixed start vector: the estimate, hence the baseline, must not depend on the global RNG
+            x0 = torch.randn(b.shape, generator=torch.Generator().manual_seed(0), dtype=b.dtype).to(b.device)
+            self._norms[key] = float(physics.compute_sqnorm(x0, verbose=False))
         weight = self.eps * self._norms[key]
         calls = [0]
 

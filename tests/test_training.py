@@ -187,3 +187,22 @@ def test_ddp_two_processes_average_to_the_union_batch_gradient(tmp_path):
     assert (g_half - g_single).norm() > 1e-3 * g_single.norm()
     history = json.loads((tmp_path / "ddp" / training.HISTORY).read_text())
     assert history["run_config"]["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_torchrun_cli_on_the_real_task(tmp_path):
+    """The command line under torchrun (2 gloo processes) on mri-radial-4x equals a single-process run."""
+    import subprocess
+    import sys
+
+    args = ["train", "--task", "mri-radial-4x", "--model", "modl", "--steps", "1", "--batch-size", "2", "--crop", "24",
+            "--width", "4", "--depth", "2", "--iters", "2", "--val-images", "0", "--eval-every", "1",
+            "--optimizer", "sgd", "--lr", "1", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "deepinv_mol.cli", *args, "--out", str(tmp_path / "ddp")], check=True, env=env, timeout=1200)
+    subprocess.run([sys.executable, "-m", "deepinv_mol.cli", *args, "--out", str(tmp_path / "one")],
+                   check=True, env=env, timeout=1200)
+    a, b = _weights(tmp_path / "ddp" / training.FINAL), _weights(tmp_path / "one" / training.FINAL)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-7), k
