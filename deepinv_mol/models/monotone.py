@@ -481,5 +481,8 @@ class MonotoneCNN(nn.Module):
                 w.copy_((pattern * taps).to(dev) / math.sqrt(w.shape[0] * w.shape[1]))
                 if c.bias is not None:
                     c.bias.zero_()
+            for i in range(net.depth):  # the top singular vectors are positive: start the power method there
+                u = getattr(net, f"power_u{i}")
+                u.fill_(1.0 / math.sqrt(u.numel()))
             net.update_normalisation()
         return net
