@@ -153,6 +153,7 @@ class NufftMRI(LinearPhysics):
         self.register_buffer("density", None)
         self.register_buffer("toeplitz_kernel", None)
         self._sync_shapes()
+        self.to(device)  # the kernel and density below are computed where the operator will run
         if coil_maps is not None:
             self.coil_maps = self._check_coil_maps(coil_maps)
         self._set_density(density)
