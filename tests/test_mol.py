@@ -112,7 +112,7 @@ def test_implicit_gradient_matches_unrolled_autograd(problem, backward_anderson)
 
     xk = x0
     for _ in range(100):  # brute force: autograd through every step and every CG iteration
-        al = model.alpha * model.lambda_
+        al = model.alpha_value() * model.lambda_value()
         xk = conjugate_gradient(lambda u: u + al * physics.A_adjoint_A(u), model.score_step(xk) + al * aty,
                                 max_iter=50, tol=1e-12, eps=1e-30)
     ref = torch.autograd.grad(((xk - x) ** 2).sum(), params)
@@ -183,7 +183,11 @@ def _physics_case(name):
         return _mri(), _phantom(1), _net()
     if name == "multicoil-mri":
         mask = (torch.rand(N, N, generator=g) < 0.4).float()
-        physics = dinv.physics.MultiCoilMRI(mask=mask, coil_maps=3, img_size=(N, N))
+        ii, jj = torch.meshgrid(torch.linspace(-1, 1, N), torch.linspace(-1, 1, N), indexing="ij")
+        maps = torch.stack([torch.exp(-((ii - a) ** 2 + (jj - b) ** 2)) * torch.exp(1j * (a * ii + b * jj))
+                            for a, b in ((-1, 0), (1, 0.5), (0, -1))])
+        maps = maps / maps.abs().pow(2).sum(0).sqrt()  # sum of squares = 1
+        physics = dinv.physics.MultiCoilMRI(mask=mask, coil_maps=maps, img_size=(N, N))
         return physics, _phantom(1), _net()
     if name == "mri-3d":
         mask = (torch.rand(4, N, N, generator=g) < 0.4).float()
@@ -214,11 +218,22 @@ def test_any_linear_physics(name):
     assert _equation_residual(model, x_hat, y, physics) < 1e-3
 
 
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, xs):
+        self.xs = xs
+
+    def __len__(self):
+        return len(self.xs)
+
+    def __getitem__(self, i):
+        return self.xs[i]
+
+
 def test_trains_with_deepinv_trainer(problem, tmp_path):
     physics, _, _ = problem
     torch.manual_seed(0)
     xs = torch.cat([_phantom(2), _phantom(2).flip(-1), _phantom(2).flip(-2)])
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs), batch_size=3)
+    loader = torch.utils.data.DataLoader(_Images(xs), batch_size=3)
     model = MOL(_net().train(), lambda_=1.0, tol=1e-4, max_iter=50, warn=False)
 
     def loss_now():
@@ -277,12 +292,12 @@ def test_prior_in_deepinv_optimisers_reaches_mols_fixed_point(problem, algo):
     MOL's fixed point: both solve F(x) + lambda A^H(Ax - y) = 0."""
     physics, _, y = problem
     net = _net().eval()
-    lam = 2.0
+    lam = 1.0
     with torch.no_grad():
-        x_mol = MOL(net, lambda_=lam, tol=1e-7, max_iter=500)(y, physics)
+        x_mol = MOL(net, lambda_=lam, tol=1e-5, max_iter=500)(y, physics)
         solver = getattr(dinv.optim, algo)(
             prior=MonotoneScorePrior(net), data_fidelity=dinv.optim.L2(), lambda_reg=1.0 / lam,
-            stepsize=0.5, max_iter=300, early_stop=False,
+            stepsize=0.6 if algo == "GD" else 1.0, max_iter=120 if algo == "GD" else 40, early_stop=False,
         )
         x_opt = solver(y, physics)
     assert _rel(x_opt, x_mol) < 1e-3

@@ -181,7 +181,7 @@ def _mri_problem(img_size, acceleration, batch, device, seed):
     import deepinv as dinv
 
     g = torch.Generator().manual_seed(seed)
-    mask = (torch.rand(img_size, generator=g) < 1.0 / acceleration).float()
+    mask = (torch.rand(img_size, img_size, generator=g) < 1.0 / acceleration).float()
     c = img_size // 2
     mask[:, c - max(1, img_size // 32) : c + max(1, img_size // 32)] = 1.0  # fully sampled centre
     physics = dinv.physics.MRI(mask=mask, img_size=(2, img_size, img_size), device=device)

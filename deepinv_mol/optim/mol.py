@@ -230,15 +230,24 @@ class MOL(Reconstructor):
         self.to(device)
 
     # ------------------------------------------------------------------ parameters
+    def lambda_value(self) -> Tensor:
+        r"""The data weight :math:`\lambda = \mathrm{softplus}(\rho) > 0`, differentiable in :math:`\rho`."""
+        return nn.functional.softplus(self.raw_lambda)
+
+    def alpha_value(self) -> Tensor:
+        r"""The score step :math:`\alpha` (:math:`\mathrm{sigmoid}(a) \in (0, 1)` when learnt), differentiable."""
+        return torch.sigmoid(self.raw_alpha) if self.learn_alpha else self.raw_alpha
+
     @property
     def lambda_(self) -> Tensor:
-        r"""The data weight :math:`\lambda = \mathrm{softplus}(\rho) > 0` (0-dim tensor, differentiable)."""
-        return nn.functional.softplus(self.raw_lambda)
+        r"""Current :math:`\lambda > 0` as a detached 0-dim tensor (``float(model.lambda_)`` works);
+        :meth:`lambda_value` is the differentiable one."""
+        return self.lambda_value().detach()
 
     @property
     def alpha(self) -> Tensor:
-        r"""The score step :math:`\alpha` (0-dim tensor; :math:`\mathrm{sigmoid}(a) \in (0, 1)` when learnt)."""
-        return torch.sigmoid(self.raw_alpha) if self.learn_alpha else self.raw_alpha
+        r"""Current :math:`\alpha` as a detached 0-dim tensor; :meth:`alpha_value` is the differentiable one."""
+        return self.alpha_value().detach()
 
     @property
     def backward(self) -> str:
@@ -256,7 +265,7 @@ class MOL(Reconstructor):
     # ------------------------------------------------------------------ the maps
     def score_step(self, x: Tensor) -> Tensor:
         r""":math:`z = (1 - \alpha)x + \alpha H_\theta(x) = x - \alpha F(x)`."""
-        alpha = self.alpha.to(x.dtype)
+        alpha = self.alpha_value().to(x.dtype)
         return x + alpha * (self.denoiser(x) - x)
 
     def data_consistency(self, z: Tensor, y: Tensor, physics, init: Tensor, aty: Tensor | None = None) -> Tensor:
@@ -269,7 +278,7 @@ class MOL(Reconstructor):
         :param torch.Tensor init: warm start (the current iterate).
         :param torch.Tensor aty: :math:`A^Hy` if already computed.
         """
-        al = (self.alpha * self.lambda_).to(z.dtype)
+        al = (self.alpha_value() * self.lambda_value()).to(z.dtype)
         aty = physics.A_adjoint(y) if aty is None else aty
         return _DataConsistency.apply(
             z + al * aty,
