@@ -397,12 +397,13 @@ def worst_case_perturbation(
     steps: int = 20,
     step_size: float | None = None,
     generator: torch.Generator | None = None,
+    init: torch.Tensor | None = None,
 ) -> WorstCasePerturbation:
     r"""Adversarial measurement perturbation: projected gradient ascent of the reconstruction change.
 
     Maximises :math:`\|x(y + \delta) - x(y)\|^2` over :math:`\|\delta_i\| \le \epsilon` (per sample) with
     normalised gradient steps :math:`\delta \leftarrow P_\epsilon(\delta + \tau\,g/\|g\|)` from a random
-    start on the sphere, keeping the best :math:`\delta` per sample. For a linear reconstructor
+    (or given) start on the sphere, keeping the best :math:`\delta` per sample. For a linear reconstructor
     :math:`x = Ry` with :math:`\tau \ge \epsilon` this is the power iteration on :math:`R^\top R`, so the
     amplification tends to :math:`\|R\|`. Works for any reconstructor ``model(y, physics)`` whose output is
     differentiable in ``y`` (MOL, deepinv's ``MoDL``, ...). The model is used as given: call ``eval()`` first.
@@ -414,6 +415,7 @@ def worst_case_perturbation(
     :param int steps: ascent steps.
     :param float step_size: :math:`\tau` (default :math:`\epsilon`).
     :param torch.Generator generator: generator of the random start (on ``y``'s device).
+    :param torch.Tensor init: starting direction instead of a random one (rescaled to norm ``eps``).
     :return: :class:`WorstCasePerturbation` (``float(result)`` is the largest amplification).
     """
     if not isinstance(y, torch.Tensor) or y.ndim < 2:
@@ -425,7 +427,12 @@ def worst_case_perturbation(
     with torch.no_grad():
         x0 = model(y, physics).detach()
     shape = (-1,) + (1,) * (y.ndim - 1)
-    delta = _unit(torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)) * eps
+    if init is not None:
+        if not isinstance(init, torch.Tensor) or init.shape != y.shape:
+            raise ValueError(f"init must be a tensor of the measurement shape {tuple(y.shape)}")
+        delta = _unit(init.detach().to(y)) * eps
+    else:
+        delta = _unit(torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)) * eps
     best_amp = torch.full((y.shape[0],), -1.0, device=y.device)
     best_delta = delta.clone()
     history = []
