@@ -96,7 +96,8 @@ class ShallowEquilibrium(Denoiser):
     :param str backward: ``"implicit"`` (adjoint fixed point) or ``"jfb"`` (Jacobian-free one-step gradient).
     :param int backward_max_iter: cap on adjoint fixed-point iterations.
     :param float backward_tol: tolerance of the adjoint fixed point.
-    :param int backward_anderson: Anderson history of the adjoint solve (0: plain iteration).
+    :param int backward_anderson: Anderson history of the adjoint solve (0: plain iteration, which needs
+        about 90 iterations for 1e-4 at contraction 0.9).
     :param int power_iterations: power-iteration steps per call (training mode) for the operator norms.
     :param int power_size: spatial side of the persistent power-iteration vectors (default 32 in 2D, 16 in 3D;
         smaller grids underestimate the operator norm on large images).
@@ -132,7 +133,7 @@ class ShallowEquilibrium(Denoiser):
         backward: str = "implicit",
         backward_max_iter: int = 50,
         backward_tol: float = 1e-4,
-        backward_anderson: int = 0,
+        backward_anderson: int = 5,
         power_iterations: int = 1,
         power_size: int | None = None,
         warn: bool = True,

@@ -1,0 +1,243 @@
+r"""LUSER against its feed-forward twin: training-step memory and quality after equal training.
+
+Both models are the same unrolled loop (:class:`deepinv_mol.optim.LUSER`, gradient data consistency,
+``step_size="auto"``, untied regularizers); only the regularizer differs: a shallow equilibrium network
+(:class:`~deepinv_mol.models.ShallowEquilibrium`, ``depth`` 2 convolutions iterated to a fixed point)
+versus deepinv's DnCNN (:class:`~deepinv_mol.models.FeedForwardRegularizer`, ``twin_depth`` layers of
+the same width). Three problems on real images (the embedded Colin27 T1 slices, resized):
+
+* ``"deblur"`` -- deepinv's :class:`~deepinv.physics.Blur` (Gaussian, sigma 2 px, circular), 1 channel;
+* ``"ct"`` -- :class:`deepinv_mol.physics.AstraCT` (2D parallel beam, 60 views, ASTRA CPU), 1 channel
+  (deepinv's :class:`~deepinv.physics.Tomography` if ASTRA is missing);
+* ``"mri"`` -- :class:`deepinv_mol.physics.NufftMRI` (single-coil golden-angle radial, 4x fewer spokes
+  than Nyquist, Toeplitz normal operator), complex images as 2 channels with a smooth random phase.
+
+:func:`bench_luser_memory` measures with :func:`deepinv_mol.bench.memory.training_step_memory`;
+:func:`bench_luser_quality` trains both for the same number of Adam steps and reports test PSNR.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .memory import training_step_memory
+
+__all__ = ["PROBLEMS", "make_problem", "bench_luser_memory", "bench_luser_quality"]
+
+#: problem names accepted by :func:`make_problem`
+PROBLEMS = ("deblur", "ct", "mri")
+
+
+def _images(split: str, img_size: int, n: int | None, complex_images: bool, seed: int) -> torch.Tensor:
+    from deepinv_mol.data import add_phase, load_embedded, resize_images, smooth_random_phase
+
+    mag = load_embedded(split).images
+    if n is not None:
+        mag = mag[torch.linspace(0, len(mag) - 1, n).round().long()]
+    mag = resize_images(mag, (img_size, img_size)).clamp(0, 1)
+    if not complex_images:
+        return mag.unsqueeze(1)
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([add_phase(m, smooth_random_phase(m.shape, generator=g)) for m in mag])
+
+
+def make_problem(name: str, img_size: int = 256):
+    r"""Physics of a named benchmark problem and its number of image channels.
+
+    :param str name: one of :data:`PROBLEMS`.
+    :param int img_size: image side in pixels.
+    :return: ``(physics, channels, description)``.
+    """
+    import deepinv as dinv
+
+    if name == "deblur":
+        kernel = dinv.physics.functional.gaussian_blur(sigma=(2.0, 2.0))
+        return dinv.physics.Blur(filter=kernel, padding="circular"), 1, "deepinv Blur (Gaussian 2 px)"
+    if name == "ct":
+        angles = torch.arange(60) * (math.pi / 60)
+        try:
+            from deepinv_mol.physics import AstraCT
+
+            return AstraCT((img_size, img_size), angles, backend="cpu"), 1, "AstraCT parallel, 60 views"
+        except ImportError:
+            physics = dinv.physics.Tomography(angles=60, img_width=img_size, normalize=True)
+            return physics, 1, "deepinv Tomography (no ASTRA), 60 views"
+    if name == "mri":
+        from deepinv_mol.physics import NufftMRI, radial_trajectory, spokes_for_acceleration
+
+        spokes = spokes_for_acceleration(img_size, 4)
+        physics = NufftMRI(radial_trajectory(spokes, 2 * img_size), (img_size, img_size))
+        return physics, 2, f"NufftMRI radial, {spokes} spokes (4x)"
+    raise ValueError(f"unknown problem {name!r}; expected one of {PROBLEMS}")
+
+
+def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter):
+    from deepinv_mol.optim import LUSER, UnrolledFeedForward
+
+    if kind == "LUSER":
+        reg = dict(width=width, depth=depth, max_iter=inner_max_iter, tol=1e-3, anderson=5, backward_tol=1e-3,
+                   backward_max_iter=inner_max_iter, warn=False)
+        return LUSER(num_iter=num_iter, channels=channels, step_size="auto", regularizer_kwargs=reg)
+    return UnrolledFeedForward(num_iter=num_iter, channels=channels, step_size="auto",
+                               regularizer_kwargs=dict(width=width, depth=twin_depth))
+
+
+def _memory_setup(problem="deblur", kind="LUSER", img_size=256, num_iter=5, width=64, depth=2, twin_depth=20,
+                  inner_max_iter=30, batch=1, seed=0):
+    # module-level and picklable: training_step_memory rebuilds the problem in a fresh subprocess
+    torch.manual_seed(seed)
+    physics, channels, _ = make_problem(problem, img_size)
+    x = _images("train", img_size, batch, channels == 2, seed)
+    y = physics(x)
+    model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter)
+    with torch.no_grad():
+        model(y, physics)  # fixes the "auto" step sizes before measuring
+    return dict(model=model, y=y, physics=physics, x=x)
+
+
+def bench_luser_memory(
+    img_size: int = 256,
+    problems=PROBLEMS,
+    num_iter: int = 5,
+    width: int = 64,
+    depth: int = 2,
+    twin_depth: int = 20,
+    inner_max_iter: int = 30,
+    batch: int = 1,
+    rss: bool = True,
+) -> list[dict]:
+    r"""Training-step memory of LUSER and of its feed-forward twin on several problems, in one run.
+
+    For each problem: a row per model (``saved_bytes``: tensors kept for backward; ``peak_rss_increase``:
+    peak resident memory of the step in a fresh subprocess, when ``rss``), then a ratio row
+    ``twin / LUSER`` for each figure (the paper's claim: several times less for LUSER).
+
+    :param int img_size: image side (256 in the issue).
+    :param problems: names among :data:`PROBLEMS`.
+    :param int num_iter: unrolled steps :math:`K`.
+    :param int width: feature channels of both regularizers.
+    :param int depth: convolutions on the shallow equilibrium's :math:`z`-path.
+    :param int twin_depth: layers of the feed-forward twin (DnCNN).
+    :param int inner_max_iter: inner iteration cap of LUSER (memory does not depend on it).
+    :param int batch: batch size.
+    :param bool rss: also measure the peak RSS increase (CPU, slower).
+    :return: list of dict rows.
+
+    :Examples:
+
+    >>> from deepinv_mol.bench.luser import bench_luser_memory
+    >>> rows = bench_luser_memory(img_size=32, problems=("deblur",), num_iter=2, width=8, rss=False)
+    >>> rows[-1]["model"], rows[-1]["saved_bytes"] > 4
+    ('ratio twin/LUSER', True)
+    """
+    rows = []
+    for problem in problems:
+        _, _, description = make_problem(problem, img_size)
+        measured = {}
+        for kind in ("LUSER", "UnrolledFeedForward"):
+            t0 = time.perf_counter()
+            m = training_step_memory(
+                _memory_setup, rss=rss, problem=problem, kind=kind, img_size=img_size, num_iter=num_iter,
+                width=width, depth=depth, twin_depth=twin_depth, inner_max_iter=inner_max_iter, batch=batch,
+            )
+            row = {"problem": problem, "physics": description, "model": kind, "img_size": img_size,
+                   "num_iter": num_iter, "width": width, **m, "seconds": round(time.perf_counter() - t0, 1)}
+            measured[kind] = row
+            rows.append(row)
+        ratio = {"problem": problem, "physics": description, "model": "ratio twin/LUSER", "img_size": img_size,
+                 "num_iter": num_iter, "width": width}
+        for key in ("saved_bytes", "peak_rss_increase", "cuda_peak_bytes"):
+            a, b = measured["LUSER"].get(key), measured["UnrolledFeedForward"].get(key)
+            if a and b:
+                ratio[key] = round(b / a, 2)
+        rows.append(ratio)
+    return rows
+
+
+def bench_luser_quality(
+    problem: str = "deblur",
+    img_size: int = 64,
+    steps: int = 300,
+    num_iter: int = 5,
+    width: int = 32,
+    depth: int = 2,
+    twin_depth: int = 20,
+    inner_max_iter: int = 30,
+    batch: int = 4,
+    n_test: int = 8,
+    noise: float = 0.01,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> list[dict]:
+    r"""Equal-budget training of LUSER and its feed-forward twin: same problem, data, batches, optimiser
+    (Adam, ``lr``) and number of steps; test PSNR (dB, magnitude, peak 1) on held-out slices.
+
+    :param str problem: one of :data:`PROBLEMS`.
+    :param int img_size: image side (small: this trains on CPU).
+    :param int steps: Adam steps for each model.
+    :param int num_iter: unrolled steps :math:`K`.
+    :param int width: feature channels of both regularizers.
+    :param int depth: :math:`z`-path convolutions of LUSER's regularizer.
+    :param int twin_depth: layers of the twin's DnCNN.
+    :param int inner_max_iter: LUSER's inner iteration cap.
+    :param int batch: training batch size.
+    :param int n_test: test slices.
+    :param float noise: Gaussian noise standard deviation relative to the measurements' RMS.
+    :param float lr: learning rate.
+    :param int seed: seed of data order, noise and initialisation.
+    :return: rows ``{"model", "problem", "steps", "test_psnr", "train_seconds", "parameters", ...}``, the
+        first for the starting point :math:`A^H y` (rescaled by least squares), then one per model.
+    """
+    import deepinv as dinv
+
+    physics, channels, description = make_problem(problem, img_size)
+    train = _images("train", img_size, None, channels == 2, seed)
+    test = _images("test", img_size, n_test, channels == 2, seed + 1)
+    g = torch.Generator().manual_seed(seed)
+
+    def measure(x):
+        y = physics.A(x)
+        rms = y.pow(2).mean().sqrt()
+        return y + noise * rms * torch.randn(y.shape, generator=g, dtype=y.dtype)
+
+    y_test = measure(test)
+    psnr = dinv.metric.PSNR(max_pixel=1.0, complex_abs=channels == 2)
+
+    def score(x_hat):
+        return float(psnr(x_hat, test).mean())
+
+    with torch.no_grad():
+        xa = physics.A_adjoint(y_test)
+        scale = (xa * test).sum() / xa.pow(2).sum()  # A^H y has the wrong units: best scalar rescaling
+    rows = [{"model": "A^H y (rescaled)", "problem": problem, "physics": description, "img_size": img_size,
+             "steps": 0, "test_psnr": round(score(scale * xa), 2)}]
+    for kind in ("LUSER", "UnrolledFeedForward"):
+        torch.manual_seed(seed)
+        model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter)
+        with torch.no_grad():
+            model(y_test[:1], physics)  # fixes the "auto" step sizes
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        order = torch.Generator().manual_seed(seed)
+        t0 = time.perf_counter()
+        model.train()
+        for _ in range(steps):
+            idx = torch.randint(len(train), (batch,), generator=order)
+            x = train[idx]
+            loss = torch.nn.functional.mse_loss(model(measure(x), physics), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        seconds = time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad():
+            x_hat = torch.cat([model(y_test[i : i + batch], physics) for i in range(0, len(test), batch)])
+        row = {"model": kind, "problem": problem, "physics": description, "img_size": img_size, "steps": steps,
+               "test_psnr": round(score(x_hat), 2), "train_seconds": round(seconds, 1),
+               "parameters": sum(p.numel() for p in model.parameters())}
+        if kind == "LUSER":
+            row["inner_iterations_per_step"] = model.stats.get("iterations_per_step")
+        rows.append(row)
+    return rows
