@@ -29,7 +29,7 @@ class TinyTask:
 
     name = "tiny-mri"
 
-    def dataset(self, split):
+    def dataset(self, split, seed=0):
         g = torch.Generator().manual_seed({"train": 1, "val": 2, "test": 3}[split])
         x = torch.nn.functional.avg_pool2d(torch.rand(12, 2, 24, 24, generator=g), 3, 1, 1)
         return list(x)
@@ -37,6 +37,7 @@ class TinyTask:
     def build_physics(self, img_shape, device, generator):
         import deepinv as dinv
 
+        generator = torch.Generator().manual_seed(0) if generator is None else generator  # None: fixed default
         mask = (torch.rand(img_shape[-2:], generator=generator) < 0.5).float()
         return dinv.physics.MRI(mask=mask, img_size=img_shape, device=device)
 
@@ -203,6 +204,14 @@ def test_torchrun_cli_on_the_real_task(tmp_path):
                     "-m", "deepinv_mol.cli", *args, "--out", str(tmp_path / "ddp")], check=True, env=env, timeout=1200)
     subprocess.run([sys.executable, "-m", "deepinv_mol.cli", *args, "--out", str(tmp_path / "one")],
                    check=True, env=env, timeout=1200)
+    from deepinv_mol.pretrained import build_model
+
+    config = json.loads((tmp_path / "one" / training.HISTORY).read_text())["run_config"]["config"]
+    torch.manual_seed(0)
+    w0 = build_model("modl", config=config).state_dict()
     a, b = _weights(tmp_path / "ddp" / training.FINAL), _weights(tmp_path / "one" / training.FINAL)
-    for k in a:
-        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-7), k
+    g_ddp = torch.cat([(w0[k] - a[k]).flatten() for k in w0])
+    g_one = torch.cat([(w0[k] - b[k]).flatten() for k in w0])
+    assert g_one.norm() > 0
+    # float32 noise only (torchkbnufft's threaded interpolation is not bitwise reproducible)
+    assert (g_ddp - g_one).norm() <= 1e-4 * g_one.norm()
