@@ -127,7 +127,7 @@ def test_safeguard_is_active_on_large_weights():
 def test_non_convergence_warns_and_is_recorded(rng):
     model = _small(max_iter=1, tol=1e-14, anderson=0)
     v = torch.randn(1, 1, 12, 12, generator=rng)
-    with pytest.warns(RuntimeWarning, match="converge"):
+    with pytest.warns(RuntimeWarning, match="ShallowEquilibrium inner solve did not converge"):
         model(v)
     stats = model.stats
     assert stats["converged"] is False and stats["iterations"] == 1 and stats["residual"] > 1e-14

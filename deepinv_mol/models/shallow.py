@@ -306,6 +306,7 @@ class ShallowEquilibrium(Denoiser):
             beta=self.beta,
             backward=self.backward_config,
             warn=self.warn,
+            name=f"{type(self).__name__} inner solve",
         )
         self.last_stats = stats
         return self.decode(z, x)
