@@ -132,7 +132,7 @@ def estimate_lipschitz(
     >>> from deepinv_mol.guarantees import estimate_lipschitz
     >>> lin = torch.nn.Linear(3, 3, bias=False)
     >>> with torch.no_grad():
-    ...     lin.weight.copy_(torch.diag(torch.tensor([3.0, 1.0, 0.5])))
+    ...     _ = lin.weight.copy_(torch.diag(torch.tensor([3.0, 1.0, 0.5])))
     >>> round(estimate_lipschitz(lin, torch.randn(2, 3), n_iter=200, tol=1e-8).value, 4)
     3.0
     """
