@@ -289,6 +289,22 @@ def test_estimate_coil_maps_recovers_birdcage(multicoil):
     assert _rel(from_traj[0][:, inside], est[0][:, inside]) < 1e-3
 
 
+def test_estimate_coil_maps_dynamic_batch():
+    """2D + time, batch of 2: frames are pooled, each batch element gets its own maps."""
+    img = (21, 19)
+    traj = radial_trajectory(10, 40, frames=3)
+    ramp = traj.norm(dim=1) + 0.05  # analytic radial density, so no Pipe iterations are needed
+    maps = birdcage_maps(3, img)
+    physics = NufftMRI(traj, img, coil_maps=maps, density=ramp, toeplitz=False)
+    x, support = _phantom(img)
+    movie = torch.cat([x, 2 * x]).unsqueeze(2).repeat(1, 1, 3, 1, 1)
+    est = estimate_coil_maps(physics.A(movie), physics)
+    assert est.shape == (2, 3, *img)
+    for b in range(2):
+        coherence = (est[b] * maps.conj()).sum(0).abs() / est[b].abs().pow(2).sum(0).sqrt()
+        assert coherence[support].mean() > 0.99
+
+
 # ----------------------------------------------------------------------------- error paths
 def _bad_inputs():
     traj = radial_trajectory(4, 16)
