@@ -23,7 +23,8 @@ The facts certified by :func:`certify` (derived here, not taken on trust):
    :math:`\|(I + \alpha\lambda A^HA)^{-1}\| \le 1`. So the step contracts with factor :math:`1 - \alpha m`.
 4. **Robustness.** Subtract :math:`(\star)` for :math:`b_1, b_2`, with :math:`\delta x = x_1 - x_2`,
    :math:`\delta b = b_1 - b_2`, and take the inner product with :math:`\delta x`:
-   :math:`m\|\delta x\|^2 + \lambda\|A\delta x\|^2 \le \lambda\langle A\delta x, \delta b\rangle \le \lambda\|A\delta x\|\|\delta b\|`.
+   :math:`m\|\delta x\|^2 + \lambda\|A\delta x\|^2 \le \lambda\langle A\delta x, \delta b\rangle`
+   :math:`\le \lambda\|A\delta x\|\|\delta b\|`.
    Dropping :math:`\lambda\|A\delta x\|^2` and using :math:`\|A\delta x\| \le \|A\|\|\delta x\|` gives
    :math:`\|\delta x\| \le \lambda\|A\|\|\delta b\|/m`; keeping it and using :math:`t c - t^2 \le c^2/4` gives
    :math:`m\|\delta x\|^2 \le \lambda\|\delta b\|^2/4`. Hence

@@ -451,7 +451,8 @@ class MonotoneCNN(nn.Module):
 
         Random weights sit far below the product of layer norms, so they prove little about a bound.
         Here every kernel tap is entrywise non-negative, :math:`W_p = a_p (\mathbf{1}\mathbf{1}^\top + 0.1 E_p)`
-        with :math:`a_0 = 1`, :math:`a_p \in [0, \text{spread}]` and :math:`E_p` uniform in :math:`[0, 1]`, and biases are 0.
+        with :math:`a_0 = 1`, :math:`a_p \in [0, \text{spread}]` and :math:`E_p` uniform in :math:`[0, 1]`,
+        and biases are 0.
         For non-negative inputs every pre-activation is non-negative, ReLU is the identity and :math:`H`
         is the linear map :math:`\tilde W_L \cdots \tilde W_1`. For non-negative kernels
         :math:`|u^H \hat K(\omega) v| \le |u|^\top \hat K(0) |v|`, so each layer's norm is attained at zero
