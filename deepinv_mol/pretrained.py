@@ -65,9 +65,16 @@ def default_config(name: str, channels: int = 2) -> dict:
     if name == "modl":
         return {"cnn": cnn | {"constraint": "penalty"}, "modl": {"num_iter": 10}}
     # step size 1/||A||^2 (power method at the first call): a fixed 1.0 diverges when ||A||^2 > 2
-    # width 32 like MOL's network (the default 64 makes 5 untied regularizers weigh 4 MB)
+    # width 32 like MOL's network (the default 64 makes 5 untied regularizers weigh 4 MB); CG data consistency:
+    # a gradient step tuned to 1/||A||^2 at the training crop size diverges on larger images (||A|| grows with them)
     return {
-        "luser": {"num_iter": 5, "channels": int(channels), "step_size": "auto", "regularizer_kwargs": {"width": 32}}
+        "luser": {
+            "num_iter": 5,
+            "channels": int(channels),
+            "data_consistency": "cg",
+            "init": "cg",
+            "regularizer_kwargs": {"width": 32},
+        }
     }
 
 

@@ -5,7 +5,7 @@
 # interruption) and, once all steps are done, exports its best-validation weights plus a manifest entry
 # (command, training time, validation curve) into deepinv_mol/weights/.
 #
-# Sizes were chosen for a shared 2-core CPU and a one-hour budget: 64x64 crops, batch 2, 120 steps, width-32
+# Sizes were chosen for a shared 2-core CPU (load 8-17) and a 40-minute budget: 48x48 crops, batch 2, 100 steps, width-32
 # networks. They are far from converged (see the validation curves in the manifest); on a real machine raise
 # --steps (e.g. 5000) and --crop (128), or run data-parallel:  torchrun --nproc_per_node=N -m deepinv_mol.cli train ...
 #
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 which="${1:-all}"
 MODELS="mol-penalty mol-strict modl luser"
-COMMON="--steps 120 --batch-size 2 --crop 64 --eval-every 40 --val-images 2 --lr 1e-3 --seed 0"
+COMMON="--steps 100 --batch-size 2 --crop 48 --eval-every 25 --val-images 2 --lr 1e-3 --seed 0"
 
 train() {  # task model
     deepinv-mol train --task "$1" --model "$2" $COMMON --out "runs/$1__$2" --resume --export deepinv_mol/weights
