@@ -61,7 +61,7 @@ class _DataConsistency(torch.autograd.Function):
             )
             grad_c = None
             if ctx.needs_input_grad[1]:
-                grad_c = -(w * ctx.normal(x)).sum().reshape(c.shape)
+                grad_c = -torch.real((w.conj() * ctx.normal(x)).sum()).to(c.dtype).reshape(c.shape)
         return w, grad_c, None, None, None, None, None, None
 
 
