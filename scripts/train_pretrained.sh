@@ -16,12 +16,14 @@ which="${1:-all}"
 MODELS="mol-penalty mol-strict modl luser"
 COMMON="--steps 100 --batch-size 2 --crop 48 --eval-every 25 --val-images 2 --lr 1e-3 --seed 0"
 
-train() {  # task model
-    deepinv-mol train --task "$1" --model "$2" $COMMON --out "runs/$1__$2" --resume --export deepinv_mol/weights
+train() {  # task model [extra options, later ones win]
+    deepinv-mol train --task "$1" --model "$2" $COMMON "${@:3}" --out "runs/$1__$2" --resume --export deepinv_mol/weights
 }
 
 if [[ "$which" == mri || "$which" == all ]]; then
-    for m in $MODELS; do train mri-radial-4x "$m"; done
+    for m in mol-penalty mol-strict modl; do train mri-radial-4x "$m"; done
+    # LUSER was retrained last with CG data consistency, in the time left: 60 steps
+    train mri-radial-4x luser --steps 60 --eval-every 20
 fi
 if [[ "$which" == ct || "$which" == all ]]; then
     for m in $MODELS; do train ct-sparse-view "$m"; done
