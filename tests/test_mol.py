@@ -95,11 +95,11 @@ def test_batch_of_two_equals_two_singles(problem):
     assert _rel(both, singles) < 1e-5
 
 
-@pytest.mark.parametrize("backward_anderson", [0, 5])
-def test_implicit_gradient_matches_unrolled_autograd(problem, backward_anderson):
+def test_implicit_gradient_matches_unrolled_autograd(problem, backward_anderson=5):
     """Implicit gradient w.r.t. the network weights and lambda vs plain autograd through 100 unrolled
     steps with exact data consistency (deepinv's CG to 1e-12): cosine > 0.99 and relative error < 1e-3
-    (measured in float64: relative error ~1e-7 for the weights and for lambda)."""
+    (measured in float64 with Anderson(5) backward: cosine 1 - 1e-15, relative error 5e-8 over all
+    parameters, 2.4e-7 for lambda alone)."""
     physics, x, y = problem
     net = _net(seed=1).double().train()
     y, x = y.double(), x.double()
