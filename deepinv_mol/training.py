@@ -552,7 +552,7 @@ def validation_set(task, physics, n_images: int, crop: int | None, seed: int, de
     """
     from deepinv.datasets import TensorDataset
 
-    data = task.dataset("val")
+    data = task.dataset("val", seed=seed)
     xs, ys = [], []
     for i in range(min(n_images, len(data))):
         gen = torch.Generator(device).manual_seed(mix_seed(seed, -1 - i))
@@ -631,13 +631,13 @@ def train(
         raise ValueError(f"{out} already holds a training run: pass --resume to continue it or choose another --out")
 
     rank, world, device = init_distributed()
-    train_data = task_obj.dataset("train")
+    train_data = task_obj.dataset("train", seed=seed)
     x0 = image_of(train_data[0])
     channels = x0.shape[0]
     side = crop if crop is not None else x0.shape[-1]
     img_shape = (channels, side, side) if crop is not None else tuple(x0.shape)
     random_crop(x0, crop, None)  # validates crop <= image size before anything heavy
-    physics = task_obj.build_physics(img_shape, device, torch.Generator(device).manual_seed(mix_seed(seed, 7)))
+    physics = task_obj.build_physics(img_shape, device, None)  # the task's default (deterministic) geometry
 
     config = default_config(model, channels) if config is None else config
     torch.manual_seed(seed)
