@@ -74,14 +74,14 @@ def make_problem(name: str, img_size: int = 256):
     raise ValueError(f"unknown problem {name!r}; expected one of {PROBLEMS}")
 
 
-def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter):
+def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, init="adjoint"):
     from deepinv_mol.optim import LUSER, UnrolledFeedForward
 
     if kind == "LUSER":
         reg = dict(width=width, depth=depth, max_iter=inner_max_iter, tol=1e-3, anderson=5, backward_tol=1e-3,
                    backward_max_iter=inner_max_iter, warn=False)
-        return LUSER(num_iter=num_iter, channels=channels, step_size="auto", regularizer_kwargs=reg)
-    return UnrolledFeedForward(num_iter=num_iter, channels=channels, step_size="auto",
+        return LUSER(num_iter=num_iter, channels=channels, step_size="auto", init=init, regularizer_kwargs=reg)
+    return UnrolledFeedForward(num_iter=num_iter, channels=channels, step_size="auto", init=init,
                                regularizer_kwargs=dict(width=width, depth=twin_depth))
 
 
@@ -216,7 +216,9 @@ def bench_luser_quality(
              "steps": 0, "test_psnr": round(score(scale * xa), 2)}]
     for kind in ("LUSER", "UnrolledFeedForward"):
         torch.manual_seed(seed)
-        model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter)
+        # CT's A^H y is in the wrong units (line integrals summed over views): start from CG instead
+        model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter,
+                       init="cg" if problem == "ct" else "adjoint")
         with torch.no_grad():
             model(y_test[:1], physics)  # fixes the "auto" step sizes
         opt = torch.optim.Adam(model.parameters(), lr=lr)
