@@ -53,12 +53,14 @@ def test_compute_norm(name, device, rng):
     assert abs(rq - sq) / sq < 2e-2
 
 
+@pytest.mark.filterwarnings("ignore:NufftMRI.A_dagger")
 @pytest.mark.parametrize("name", OPERATORS)
 def test_pseudo_inverse(name, device, rng):
     """A_dagger returns a least-squares solution: A x† reproduces noise-free data in range(A)."""
     physics, x = make_operator(name, device, rng)
     y = physics.A(x)
-    x_dag = physics.A_dagger(y, max_iter=300, tol=1e-8)
+    # float32 CG stalls near 1e-5 relative: a tighter tol only burns the iteration cap
+    x_dag = physics.A_dagger(y, max_iter=300, tol=1e-5)
     assert x_dag.shape == x.shape
     assert _rel(physics.A(x_dag), y) < 2e-2
 
