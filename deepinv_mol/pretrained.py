@@ -6,8 +6,9 @@ Learned models (names usable by ``deepinv-mol eval``, ``demo`` and ``certify``):
   trained with :class:`~deepinv_mol.loss.LipschitzPenalty`;
 * ``mol-strict`` -- MOL with the spectrally normalised (certified) network;
 * ``luser`` -- :class:`deepinv_mol.optim.LUSER`;
-* ``modl`` -- deepinv's :class:`deepinv.models.MoDL` with 10 unrolled iterations and the *same* CNN as MOL
-  (a fair comparison: only the algorithm around the network differs).
+* ``modl`` -- deepinv's :class:`deepinv.models.MoDL` with 10 unrolled iterations, the *same* CNN as MOL and
+  MOL's starting image (:func:`deepinv_mol.optim.mol.cg_start`; a fair comparison: only the algorithm around
+  the network differs).
 
 Classical baselines (no weights): ``adjoint`` (zero-filled / back-projected image :math:`A^H y`), ``cg``
 (conjugate gradient on the lightly Tikhonov-regularised normal equations) and ``fbp`` (filtered
@@ -63,7 +64,7 @@ def default_config(name: str, channels: int = 2) -> dict:
             "mol": {"lambda_": 10.0, "alpha": 1.0, "max_iter": 50, "tol": 1e-4, "anderson": True},
         }
     if name == "modl":
-        return {"cnn": cnn | {"constraint": "penalty"}, "modl": {"num_iter": 10}}
+        return {"cnn": cnn | {"constraint": "penalty"}, "modl": {"num_iter": 10, "init": {"max_iter": 20, "eps": 1e-2}}}
     # step size 1/||A||^2 (power method at the first call): a fixed 1.0 diverges when ||A||^2 > 2
     # width 32 like MOL's network (the default 64 makes 5 untied regularizers weigh 4 MB); CG data consistency:
     # a gradient step tuned to 1/||A||^2 at the training crop size diverges on larger images (||A|| grows with them)
@@ -96,7 +97,10 @@ def build_model(name: str, channels: int = 2, config: dict | None = None) -> Rec
         if name == "modl":
             from deepinv.models import MoDL
 
-            return MoDL(denoiser=cnn, num_iter=int(config["modl"]["num_iter"]))
+            modl = MoDL(denoiser=cnn, num_iter=int(config["modl"]["num_iter"]))
+            # MOL's start (not deepinv's A^H y, off by the scale of A^H A): see deepinv_mol.optim.mol.cg_start
+            modl.custom_init = _ModlStart(**config["modl"].get("init", {}))
+            return modl
         from .optim import MOL
 
         return MOL(denoiser=cnn, **config["mol"])
@@ -104,6 +108,17 @@ def build_model(name: str, channels: int = 2, config: dict | None = None) -> Rec
 
     kwargs = dict(config["luser"])
     return LUSER(**_accepted_kwargs(LUSER, kwargs))
+
+
+class _ModlStart:
+    # deepinv's BaseOptim calls custom_init(y, physics); a class (not a lambda) keeps the model picklable
+    def __init__(self, max_iter: int = 20, eps: float = 1e-2):
+        self.max_iter, self.eps = int(max_iter), float(eps)
+
+    def __call__(self, y, physics):
+        from .optim.mol import cg_start
+
+        return cg_start(y, physics, self.max_iter, self.eps)
 
 
 def _accepted_kwargs(cls, kwargs: dict) -> dict:

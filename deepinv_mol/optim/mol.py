@@ -13,7 +13,7 @@ from deepinv.optim.linear import conjugate_gradient
 
 from ..equilibrium import BackwardConfig, EquilibriumStats, equilibrium
 
-__all__ = ["MOL"]
+__all__ = ["MOL", "cg_start"]
 
 _DEFAULT_ANDERSON = 5
 _CG_EPS = 1e-30  # deepinv's default 1e-8 damps CG steps once the residual is small: a false fixed point
@@ -29,6 +29,29 @@ def _anderson_size(anderson) -> int:
 
 def _inv_softplus(v: float) -> float:
     return v + math.log(-math.expm1(-v))
+
+
+@torch.no_grad()
+def cg_start(y: Tensor, physics, max_iter: int = 20, eps: float = 1e-2) -> Tensor:
+    r"""Starting image of MOL (and of the MoDL baseline built by :func:`deepinv_mol.pretrained.build_model`):
+    ``max_iter`` CG iterations on :math:`(A^HA + \epsilon I)x = A^Hy` from zero, or :math:`A^Hy` when
+    ``max_iter=0``. Not differentiated (a fixed, data-only start).
+
+    Why MoDL gets it too: deepinv's MoDL starts from :math:`A^Hy`, whose scale is that of :math:`A^HA`
+    (about 40-100x the image for the radial NUFFT of ``mri-radial-4x``, units of summed line integrals for
+    CT); its first proximal step and denoiser then see an image off by that factor. Starting both
+    algorithms from the same image compares the algorithms, not their initialisations.
+
+    :param torch.Tensor y: measurements.
+    :param deepinv.physics.LinearPhysics physics: forward operator.
+    :param int max_iter: CG iterations.
+    :param float eps: Tikhonov weight :math:`\epsilon` (absolute).
+    :return: the starting image, shaped like :math:`A^Hy`.
+    """
+    aty = physics.A_adjoint(y)
+    if int(max_iter) == 0:
+        return aty
+    return conjugate_gradient(lambda u: physics.A_adjoint_A(u) + eps * u, aty, max_iter=int(max_iter), tol=1e-6)
 
 
 class _DataConsistency(torch.autograd.Function):
@@ -295,16 +318,9 @@ class MOL(Reconstructor):
         r"""One MOL step :math:`T(x)` (score step, then data consistency warm-started at ``x``)."""
         return self.data_consistency(self.score_step(x), y, physics, init=x, aty=aty)
 
-    @torch.no_grad()
     def initialise(self, y: Tensor, physics) -> Tensor:
-        r"""Starting image: CG on :math:`(A^HA + \epsilon I)x = A^Hy` (``init_cg_iter`` iterations), or
-        :math:`A^Hy` when ``init_cg_iter=0``."""
-        aty = physics.A_adjoint(y)
-        if self.init_cg_iter == 0:
-            return aty
-        return conjugate_gradient(
-            lambda u: physics.A_adjoint_A(u) + self.init_eps * u, aty, max_iter=self.init_cg_iter, tol=1e-6
-        )
+        r"""Starting image: :func:`cg_start` with ``init_cg_iter`` iterations and weight ``init_eps``."""
+        return cg_start(y, physics, self.init_cg_iter, self.init_eps)
 
     # ------------------------------------------------------------------ reconstruction
     def forward(self, y: Tensor, physics, init: Tensor | None = None, **kwargs) -> Tensor:
