@@ -197,9 +197,6 @@ def save_figure(xs, recons: dict, path: str | Path, n_show: int = 3) -> None:
         for j, name in enumerate(names, start=1):
             img = mag(recons[name][i])
             title = name
-            if name == "adjoint" and img.max() > 0:
-                # A^H y has the operator's scale, not the image's: shown divided by its maximum (table: raw)
-                img, title = img / img.max(), "adjoint (/max)"
             axes[2 * i, j].imshow(img, cmap="gray", vmin=0, vmax=1)
             axes[2 * i, j].set_title(title, fontsize=8)
             axes[2 * i + 1, j].imshow(abs(img - gt), cmap="magma", vmin=0, vmax=0.2)

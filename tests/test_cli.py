@@ -114,8 +114,8 @@ def test_eval_json_schema_and_means(images, tmp_path, capsys):
         assert -1 <= r["ssim"] <= 1 and r["seconds"] > 0
     assert payload["models"]["adjoint"]["iterations"] is None
     assert payload["models"]["cg"]["iterations"] >= 1
-    # CG inverts the normal equations; the raw adjoint of a radial acquisition is far off in scale
-    assert payload["models"]["cg"]["psnr"] > payload["models"]["adjoint"]["psnr"] + 10
+    # CG inverts the normal equations; the (rescaled) adjoint keeps the radial streaks and blur
+    assert payload["models"]["cg"]["psnr"] > payload["models"]["adjoint"]["psnr"] + 1
     assert "cg" in stdout and "PSNR" in stdout
     # same seed, same numbers (measurements are seeded per image)
     out2 = tmp_path / "out2.json"
