@@ -65,7 +65,13 @@ def default_config(name: str, channels: int = 2) -> dict:
             "mol": {"lambda_": 10.0, "alpha": 1.0, "max_iter": 50, "tol": 1e-4, "anderson": True},
         }
     if name == "modl":
-        return {"cnn": cnn | {"constraint": "penalty"}, "modl": {"num_iter": 10, "init": {"max_iter": 20, "eps": 1e-2}}}
+        # the step size gamma of MoDL's data step (I + gamma A^H A)^{-1}(z + gamma A^H y) starts at MOL's
+        # alpha * lambda = 10 (deepinv's 1 is a 10x weaker data term here, which Adam at lr 1e-3 cannot undo in a
+        # short training); the start image is MOL's (cg_start)
+        return {
+            "cnn": cnn | {"constraint": "penalty"},
+            "modl": {"num_iter": 10, "stepsize": 10.0, "init": {"max_iter": 20, "eps": 1e-2}},
+        }
     # step size 1/||A||^2 (power method at the first call): a fixed 1.0 diverges when ||A||^2 > 2
     # width 32 like MOL's network (the default 64 makes 5 untied regularizers weigh 4 MB); CG data consistency:
     # a gradient step tuned to 1/||A||^2 at the training crop size diverges on larger images (||A|| grows with them)
@@ -101,6 +107,9 @@ def build_model(name: str, channels: int = 2, config: dict | None = None) -> Rec
             modl = MoDL(denoiser=cnn, num_iter=int(config["modl"]["num_iter"]))
             # MOL's start (not deepinv's A^H y, off by the scale of A^H A): see deepinv_mol.optim.mol.cg_start
             modl.custom_init = _ModlStart(**config["modl"].get("init", {}))
+            with torch.no_grad():  # deepinv initialises every HQS step size to 1 (see default_config)
+                for step in modl.params_algo["stepsize"]:
+                    step.fill_(float(config["modl"].get("stepsize", 1.0)))
             return modl
         from .optim import MOL
 

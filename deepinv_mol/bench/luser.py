@@ -74,25 +74,27 @@ def make_problem(name: str, img_size: int = 256):
     raise ValueError(f"unknown problem {name!r}; expected one of {PROBLEMS}")
 
 
-def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, init="adjoint"):
+def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, init="adjoint", anderson=5,
+           backward_anderson=5):
     from deepinv_mol.optim import LUSER, UnrolledFeedForward
 
     if kind == "LUSER":
-        reg = dict(width=width, depth=depth, max_iter=inner_max_iter, tol=1e-3, anderson=5, backward_tol=1e-3,
-                   backward_max_iter=inner_max_iter, warn=False)
+        reg = dict(width=width, depth=depth, max_iter=inner_max_iter, tol=1e-3, anderson=anderson, backward_tol=1e-3,
+                   backward_max_iter=inner_max_iter, backward_anderson=backward_anderson, warn=False)
         return LUSER(num_iter=num_iter, channels=channels, step_size="auto", init=init, regularizer_kwargs=reg)
     return UnrolledFeedForward(num_iter=num_iter, channels=channels, step_size="auto", init=init,
                                regularizer_kwargs=dict(width=width, depth=twin_depth))
 
 
 def _memory_setup(problem="deblur", kind="LUSER", img_size=256, num_iter=5, width=64, depth=2, twin_depth=20,
-                  inner_max_iter=30, batch=1, seed=0):
+                  inner_max_iter=30, batch=1, seed=0, anderson=5, backward_anderson=5):
     # module-level and picklable: training_step_memory rebuilds the problem in a fresh subprocess
     torch.manual_seed(seed)
     physics, channels, _ = make_problem(problem, img_size)
     x = _images("train", img_size, batch, channels == 2, seed)
     y = physics(x)
-    model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter)
+    model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, anderson=anderson,
+                   backward_anderson=backward_anderson)
     with torch.no_grad():
         model(y, physics)  # fixes the "auto" step sizes before measuring
     return dict(model=model, y=y, physics=physics, x=x)
@@ -108,6 +110,8 @@ def bench_luser_memory(
     inner_max_iter: int = 30,
     batch: int = 1,
     rss: bool = True,
+    anderson: int = 5,
+    backward_anderson: int = 5,
 ) -> list[dict]:
     r"""Training-step memory of LUSER and of its feed-forward twin on several problems, in one run.
 
@@ -142,6 +146,7 @@ def bench_luser_memory(
             m = training_step_memory(
                 _memory_setup, rss=rss, problem=problem, kind=kind, img_size=img_size, num_iter=num_iter,
                 width=width, depth=depth, twin_depth=twin_depth, inner_max_iter=inner_max_iter, batch=batch,
+                anderson=anderson, backward_anderson=backward_anderson,
             )
             row = {"problem": problem, "physics": description, "model": kind, "img_size": img_size,
                    "num_iter": num_iter, "width": width, **m, "seconds": round(time.perf_counter() - t0, 1)}
