@@ -1,7 +1,7 @@
 r"""Networks: :class:`MonotoneCNN` (the learned network :math:`H_\theta` of MOL) and
 :class:`ShallowEquilibrium` (LUSER's shallow deep-equilibrium regularizer) with its feed-forward twin."""
 
-import importlib
+from .._lazy import lazy_names
 
 _NAMES = {
     "MonotoneCNN": ".monotone",
@@ -9,14 +9,4 @@ _NAMES = {
     "FeedForwardRegularizer": ".shallow",
 }
 
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name):
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_names(__name__, _NAMES)

@@ -1,7 +1,7 @@
 r"""Reconstructors and priors: :class:`MOL`, :class:`LUSER` (with its feed-forward twin
 :class:`UnrolledFeedForward`) and :class:`MonotoneScorePrior`."""
 
-import importlib
+from .._lazy import lazy_names
 
 _NAMES = {
     "MOL": ".mol",
@@ -10,14 +10,4 @@ _NAMES = {
     "UnrolledFeedForward": ".luser",
 }
 
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name):
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_names(__name__, _NAMES)

@@ -8,7 +8,7 @@ r"""Physics operators (``deepinv.physics.LinearPhysics``) that deepinv lacks on 
 Names are resolved lazily so ``import deepinv_mol.physics`` does not import torchkbnufft or ASTRA.
 """
 
-import importlib
+from .._lazy import lazy_names
 
 _NAMES = {
     "NufftMRI": ".mri",
@@ -20,14 +20,4 @@ _NAMES = {
     "AstraCT": ".ct",
 }
 
-__all__ = sorted(_NAMES)
-
-
-def __getattr__(name):
-    if name in _NAMES:
-        return getattr(importlib.import_module(_NAMES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_names(__name__, _NAMES)
