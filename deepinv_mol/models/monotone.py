@@ -214,7 +214,8 @@ class MonotoneCNN(nn.Module):
     :param int width: hidden channels.
     :param int depth: number of convolutions (at least 2).
     :param str constraint: ``"strict"`` or ``"penalty"``.
-    :param float lipschitz: target :math:`T \in (0, 1)` of the strict variant.
+    :param float lipschitz: target :math:`T \in (0, 1)` of the strict variant; for ``"penalty"``, the
+        certified bound of the initial network (kernels rescaled at construction; ``0`` keeps PyTorch's init).
     :param int dims: 2 (images) or 3 (volumes, 2D+time).
     :param int kernel_size: odd kernel size.
     :param bool bias: use biases.
@@ -288,6 +289,14 @@ class MonotoneCNN(nn.Module):
                 self.register_buffer(f"power_sigma{i}", torch.ones(()))
             self._power_key = None
             self.update_normalisation(n_iter=30, tol=1e-4)
+        elif 0.0 < self.lipschitz:
+            # the penalty variant starts where the strict one does: every kernel scaled to a certified norm
+            # <= T^(1/depth), so Lip(H) <= T at initialisation. PyTorch's default init gives Lip(H) of a few
+            # units; the Lipschitz penalty then dominates the loss (measured: 0.02-0.04 against an MSE of 4e-4
+            # on mri-radial-4x) and the first hundreds of steps only shrink the network.
+            with torch.no_grad():
+                for c in self.convs:
+                    c.weight.mul_(self.layer_scale / float(conv_norm_bound(c.weight, tol=self.certificate_tol)))
         self.to(device)
 
     # ------------------------------------------------------------------ helpers
