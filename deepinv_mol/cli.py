@@ -218,6 +218,13 @@ def _task(name):
     return get_task(name)
 
 
+def _check_learned(name):
+    from .pretrained import LEARNED_MODELS
+
+    if name not in LEARNED_MODELS:
+        raise CLIError(f"unknown model {name!r}: expected one of {', '.join(LEARNED_MODELS)}")
+
+
 def _model_names(text):
     from .pretrained import CLASSICAL_MODELS, LEARNED_MODELS
 
@@ -304,12 +311,11 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .pretrained import LEARNED_MODELS, default_config
+    from .pretrained import default_config
     from .training import export_weights, train
 
     task = _task(args.task)
-    if args.model not in LEARNED_MODELS:
-        raise CLIError(f"unknown model {args.model!r}: expected one of {', '.join(LEARNED_MODELS)}")
+    _check_learned(args.model)
     config = default_config(args.model, task.channels)
     for key, value in (("width", args.width), ("depth", args.depth)):
         if value is not None:
@@ -356,12 +362,11 @@ def cmd_train(args) -> int:
 
 def cmd_certify(args) -> int:
     from .guarantees import certify
-    from .pretrained import LEARNED_MODELS, load_pretrained
+    from .pretrained import load_pretrained
     from .training import image_of
 
     task = _task(args.task)
-    if args.model not in LEARNED_MODELS:
-        raise CLIError(f"unknown model {args.model!r}: expected one of {', '.join(LEARNED_MODELS)}")
+    _check_learned(args.model)
     model = load_pretrained(args.model, task.name)
     if args.model not in ("mol-penalty", "mol-strict"):
         print(

@@ -1,4 +1,4 @@
-"""Shared fixtures: devices (cpu, plus cuda when usable) and a seeded generator."""
+"""Shared fixtures: devices (cpu, plus cuda when usable), a seeded generator, one torch thread on demand."""
 
 import pytest
 import torch
@@ -21,3 +21,14 @@ def rng():
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny convolutions (opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``): OpenMP synchronisation costs ~100x the work
+    on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,13 +12,7 @@ from deepinv_mol.optim import LUSER, UnrolledFeedForward
 SMALL = dict(width=6, contraction=0.8, tol=1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions: OpenMP synchronisation costs ~100x the work on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Identity(nn.Module):

@@ -9,13 +9,7 @@ from deepinv_mol.models import FeedForwardRegularizer, ShallowEquilibrium
 SPATIAL = {2: (9, 7), 3: (5, 6, 4)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions: OpenMP synchronisation costs ~100x the work on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(dims=2, **kw):
