@@ -192,6 +192,17 @@ def test_penalty_variant_has_no_certificate(rng):
         net.update_normalisation()
 
 
+def test_penalty_variant_starts_within_its_target(rng):
+    """The penalty variant starts where the strict one does: certified Lip(H) <= T, and the bound is nearly
+    attained (each kernel scaled to norm T^(1/depth)); lipschitz=0 keeps PyTorch's init (bound far above 1)."""
+    net = MonotoneCNN(width=8, depth=4, constraint="penalty", lipschitz=0.8)
+    bounds = net.layer_norm_bounds()
+    assert math.prod(bounds) <= 0.8 * (1 + 1e-5)
+    assert all(b == pytest.approx(0.8 ** 0.25, rel=2e-3) for b in bounds)
+    raw = MonotoneCNN(width=8, depth=4, constraint="penalty", lipschitz=0.0)
+    assert math.prod(raw.layer_norm_bounds()) > 1.0
+
+
 def test_training_mode_fixed_between_weight_updates_and_consistent_with_no_grad(rng):
     net = MonotoneCNN(width=8, depth=3).train()
     x = torch.randn(2, 2, 10, 10, generator=rng)

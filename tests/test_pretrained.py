@@ -101,6 +101,17 @@ def test_modl_uses_the_mol_network():
     assert type(model.prior[0].denoiser).__name__ == "MonotoneCNN"
 
 
+def test_modl_starts_like_mol():
+    """MoDL starts from MOL's CG image (not deepinv's A^H y) and with MOL's data weight alpha * lambda."""
+    physics = _mri()
+    y = physics(torch.rand(1, 2, 16, 16))
+    modl, mol = build_model("modl"), build_model("mol-penalty")
+    assert torch.allclose(modl.custom_init(y, physics), mol.initialise(y, physics))
+    assert not torch.allclose(modl.custom_init(y, physics), physics.A_adjoint(y))
+    steps = [float(s) for s in modl.params_algo["stepsize"]]
+    assert steps == [float(mol.alpha) * float(mol.lambda_)] * 10
+
+
 def test_adjoint_and_cg_solve_what_they_claim():
     physics = _mri()
     x = torch.rand(2, 2, 16, 16)
