@@ -316,7 +316,7 @@ def cmd_train(args) -> int:
 
     task = _task(args.task)
     _check_learned(args.model)
-    config = default_config(args.model, task.channels)
+    config = default_config(args.model, task.channels, task.data_weight)
     for key, value in (("width", args.width), ("depth", args.depth)):
         if value is not None:
             if "cnn" not in config:

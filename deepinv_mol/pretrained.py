@@ -45,7 +45,7 @@ class MissingWeightsError(FileNotFoundError):
 # architectures
 
 
-def default_config(name: str, channels: int = 2) -> dict:
+def default_config(name: str, channels: int = 2, data_weight: float = 10.0) -> dict:
     r"""Default architecture and solver settings of a learned model (what ``deepinv-mol train`` builds).
 
     MOL follows the authors' network (5 conv layers 3×3, ReLU, no batch-norm) at width 32 to keep the
@@ -54,6 +54,9 @@ def default_config(name: str, channels: int = 2) -> dict:
 
     :param str name: one of :data:`LEARNED_MODELS`.
     :param int channels: image channels (2 for complex MRI, 1 for CT).
+    :param float data_weight: initial data weight: MOL's :math:`\lambda` (with :math:`\alpha = 1`) and
+        MoDL's data-step size, so both start from the same data term. It depends on the operator's scale:
+        ``deepinv-mol train`` passes the task's :attr:`deepinv_mol.tasks.Task.data_weight`.
     :return: a JSON-serialisable dict, the ``config`` stored in the manifest.
     """
     _check_name(name, LEARNED_MODELS)
@@ -62,15 +65,15 @@ def default_config(name: str, channels: int = 2) -> dict:
         constraint = "penalty" if name == "mol-penalty" else "strict"
         return {
             "cnn": cnn | {"constraint": constraint, "lipschitz": 0.99},
-            "mol": {"lambda_": 10.0, "alpha": 1.0, "max_iter": 50, "tol": 1e-4, "anderson": True},
+            "mol": {"lambda_": float(data_weight), "alpha": 1.0, "max_iter": 50, "tol": 1e-4, "anderson": True},
         }
     if name == "modl":
         # the step size gamma of MoDL's data step (I + gamma A^H A)^{-1}(z + gamma A^H y) starts at MOL's
-        # alpha * lambda = 10 (deepinv's 1 is a 10x weaker data term here, which Adam at lr 1e-3 cannot undo in a
-        # short training); the start image is MOL's (cg_start)
+        # alpha * lambda (deepinv's 1 ignores the operator's scale, which Adam at lr 1e-3 cannot undo in a short
+        # training); the start image is MOL's (cg_start)
         return {
             "cnn": cnn | {"constraint": "penalty"},
-            "modl": {"num_iter": 10, "stepsize": 10.0, "init": {"max_iter": 20, "eps": 1e-2}},
+            "modl": {"num_iter": 10, "stepsize": float(data_weight), "init": {"max_iter": 20, "eps": 1e-2}},
         }
     # step size 1/||A||^2 (power method at the first call): a fixed 1.0 diverges when ||A||^2 > 2
     # width 32 like MOL's network (the default 64 makes 5 untied regularizers weigh 4 MB); CG data consistency:

@@ -639,7 +639,8 @@ def train(
     random_crop(x0, crop, None)  # validates crop <= image size before anything heavy
     physics = task_obj.build_physics(img_shape, device, None)  # the task's default (deterministic) geometry
 
-    config = default_config(model, channels) if config is None else config
+    if config is None:
+        config = default_config(model, channels, getattr(task_obj, "data_weight", 10.0))
     torch.manual_seed(seed)
     net = build_model(model, config=config).to(device)
     run_config = {
