@@ -280,6 +280,11 @@ class ResumableTrainer(Trainer):
     :param int world_size: number of processes.
     :param dict run_config: settings saved with checkpoints; a resume must match them.
     :param bool progress: show the progress bar.
+    :param float penalty_weight: weight of :class:`~deepinv_mol.loss.LipschitzPenalty` (``mol-penalty``). With
+        weight 1 its gradient was 1000x that of the MSE at the start of ``mri-radial-4x`` training (0.12 against
+        1e-4): the log-barrier then drives the network's Lipschitz constant to ~0 and MOL to a Tikhonov solve
+        (validation PSNR flat at the CG level). At 1e-4 the MSE leads and the barrier still stops the
+        constant at the threshold, where its gradient grows as ``weight / (T - L)``.
     """
 
     simulate: object = None
@@ -581,6 +586,7 @@ def train(
     stop_after: int | None = None,
     config: dict | None = None,
     progress: bool = True,
+    penalty_weight: float = 1e-4,
 ) -> dict:
     r"""Train a learned model on a task (the ``deepinv-mol train`` command).
 
@@ -604,6 +610,11 @@ def train(
     :param int stop_after: stop after this many steps, resumable (for time-boxed runs on shared machines).
     :param dict config: model settings (default :func:`deepinv_mol.pretrained.default_config`).
     :param bool progress: show the progress bar.
+    :param float penalty_weight: weight of :class:`~deepinv_mol.loss.LipschitzPenalty` (``mol-penalty``). With
+        weight 1 its gradient was 1000x that of the MSE at the start of ``mri-radial-4x`` training (0.12 against
+        1e-4): the log-barrier then drives the network's Lipschitz constant to ~0 and MOL to a Tikhonov solve
+        (validation PSNR flat at the CG level). At 1e-4 the MSE leads and the barrier still stops the
+        constant at the threshold, where its gradient grows as ``weight / (T - L)``.
     :return: the history dict written to ``history.json`` (plus ``"out"``).
     :raises ValueError: unknown task/model, bad sizes, ``out`` already holding a run without ``resume``.
     """
@@ -655,6 +666,7 @@ def train(
         "optimizer": optimizer,
         "world_size": world,
         "config": config,
+        **({"penalty_weight": float(penalty_weight)} if model == "mol-penalty" else {}),
     }
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
@@ -665,7 +677,7 @@ def train(
     if model == "mol-penalty":
         from .loss import LipschitzPenalty
 
-        losses.append(LipschitzPenalty())
+        losses.append(LipschitzPenalty(weight=penalty_weight))
     # find_unused_parameters: deepinv's MoDL carries parameters its denoiser ignores (sigma); without it
     # DDP silently leaves their buckets un-averaged
     wrapped = _DDP(net, find_unused_parameters=True) if world > 1 else net
