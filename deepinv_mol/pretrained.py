@@ -60,7 +60,7 @@ def default_config(name: str, channels: int = 2, data_weight: float = 10.0) -> d
     :return: a JSON-serialisable dict, the ``config`` stored in the manifest.
     """
     _check_name(name, LEARNED_MODELS)
-    cnn = {"channels": int(channels), "width": 32, "depth": 5}
+    cnn = {"channels": int(channels), "width": 32, "depth": 5, "init": "identity"}
     if name in ("mol-penalty", "mol-strict"):
         constraint = "penalty" if name == "mol-penalty" else "strict"
         return {

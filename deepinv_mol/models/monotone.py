@@ -222,6 +222,11 @@ class MonotoneCNN(nn.Module):
     :param int, tuple power_size: spatial size of the power-iteration vectors (default 32 in 2D, 16 in 3D).
     :param int n_power_iterations: power steps per weight change in training mode.
     :param float certificate_tol: relative tolerance of :func:`conv_norm_bound`.
+    :param str init: ``"default"`` (PyTorch's) or ``"identity"``: centred delta kernels and biases that make
+        :math:`H(x) = T x` for :math:`|x| < 2` (layer 1 adds 2, the last removes it, ReLUs see positive values;
+        needs ``bias=True``), plus PyTorch's random kernels times 0.01.
+        The learned models of :mod:`deepinv_mol.pretrained` use it: from a random map, MOL and MoDL training on
+        ``mri-radial-4x`` stayed at or below the CG baseline for hundreds of steps.
     :param str, torch.device device: device.
 
     :Examples:
@@ -249,9 +254,14 @@ class MonotoneCNN(nn.Module):
         power_size=None,
         n_power_iterations: int = 1,
         certificate_tol: float = 1e-3,
+        init: str = "default",
         device="cpu",
     ):
         super().__init__()
+        if init not in ("default", "identity"):
+            raise ValueError(f"init must be 'default' or 'identity', got {init!r}")
+        if init == "identity" and not bias:
+            raise ValueError("init='identity' needs bias=True (the biases keep the hidden channels positive)")
         if constraint not in ("strict", "penalty"):
             raise ValueError(f"constraint must be 'strict' or 'penalty', got {constraint!r}")
         if dims not in (2, 3):
@@ -282,6 +292,9 @@ class MonotoneCNN(nn.Module):
         self.power_size = tuple(int(p) for p in power_size)
         self._cache_key = None
         self._cache = None
+        self.init = init
+        if init == "identity":
+            self._identity_init()
         if constraint == "strict":
             for i, c in enumerate(self.convs):
                 u = torch.randn(1, c.in_channels, *self.power_size)
@@ -300,6 +313,26 @@ class MonotoneCNN(nn.Module):
         self.to(device)
 
     # ------------------------------------------------------------------ helpers
+    @torch.no_grad()
+    def _identity_init(self, noise: float = 0.01, offset: float = 2.0):
+        # H(x) = T x through the ReLUs by a bias offset B: layer 1 computes s x + B (positive for |x| < B/s), the
+        # hidden layers copy it (ReLU leaves positive values alone), the last one removes s^(L-1) B; each layer
+        # is a centred delta kernel of norm 1, scaled by s = T^(1/L) by the constraint, so the certified
+        # product of norms is T, the least possible for a map equal to T x (a +-x channel split through the
+        # ReLUs would certify only T x / 2). Plus PyTorch's random kernels shrunk by `noise` (symmetry breaking).
+        # MOL and MoDL then start as a mildly regularised least-squares solve rather than from a random map,
+        # which a 5-layer ReLU net needs thousands of steps to turn into the near-identity both algorithms need.
+        c, centre = self.channels, (self.kernel_size // 2,) * self.dims
+        s = self.layer_scale if 0.0 < self.lipschitz else 1.0
+        for i, conv in enumerate(self.convs):
+            conv.weight.mul_(noise)
+            conv.bias.zero_()
+            for j in range(c):
+                conv.weight[(j, j) + centre] += 1.0
+            if i == 0:
+                conv.bias[:c] = offset
+        self.convs[-1].bias[:c] = -offset * s ** (self.depth - 1)
+
     def _conv(self, x, w, b=None):
         return _CONV[self.dims](x, w, b, padding=self.kernel_size // 2)
 
