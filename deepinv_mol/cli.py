@@ -353,7 +353,8 @@ def cmd_train(args) -> int:
     curve = history.get("val_psnr", [])
     last = f", last validation PSNR {curve[-1][1]:.2f} dB" if curve else ""
     print(f"trained {history.get('step', 0)} steps in {history.get('train_seconds', 0):.1f} s{last}; outputs in {out}")
-    if args.export and history.get("step", 0) >= args.steps:
+    target = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+    if args.export and history.get("step", 0) >= target:  # a run stopped by --stop-after exports what it reached
         command = " ".join([PROG] + list(args.argv))
         entry = export_weights(out, args.export, command=command)
         print(f"exported {entry['file']} ({entry['size_bytes']} bytes) to {args.export}")
@@ -529,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=_positive, default=None, help="CNN width (default 32)")
     t.add_argument("--depth", type=_positive, default=None, help="CNN depth (default 5)")
     t.add_argument("--iters", type=_positive, default=None, help="MOL max_iter / MoDL, LUSER num_iter")
-    t.add_argument("--export", default=None, help="when finished, copy best weights + manifest entry here")
+    t.add_argument("--export", default=None, help="when finished (or stopped by --stop-after), copy best weights + manifest entry here")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

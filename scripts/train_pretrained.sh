@@ -5,11 +5,13 @@
 # interruption) and, once all steps are done, exports its best-validation weights plus a manifest entry
 # (command, training time, validation curve) into deepinv_mol/weights/.
 #
-# Sizes were chosen for this 2-core CPU (two runs side by side, one thread each) and a ~2-hour budget:
-# 64x64 crops, batch 2, width-32 networks; mri-radial-4x: 300 steps, ct-sparse-view: 150 steps (a CT step is
-# ~3x slower: ASTRA CPU projections inside every CG iteration). The validation curves in the manifest show how
-# far from converged they are; on a real machine raise --steps (e.g. 5000) and --crop (128), or run
-# data-parallel:  torchrun --nproc_per_node=N -m deepinv_mol.cli train ...
+# Sizes were chosen for this 2-core CPU (two runs side by side, one thread each, sharing the machine with
+# benchmarks) and a ~1-hour budget: 64x64 crops, batch 2, width-32 networks; mri-radial-4x: 150 steps,
+# ct-sparse-view: 80 steps (a CT step is ~2-3x slower: ASTRA CPU projections inside every CG iteration); the
+# MoDL runs were started for 250 / 120 steps and stopped at 150 / 80 (--stop-after reproduces exactly that
+# state, the learning-rate schedule included). The validation curves in the manifest show how far from
+# converged they are; on a real machine raise --steps (e.g. 5000) and --crop (128), or run data-parallel:
+#   torchrun --nproc_per_node=N -m deepinv_mol.cli train ...
 #
 # Usage:  bash scripts/train_pretrained.sh [mri|ct|all]   (from the repository root, package installed)
 set -euo pipefail
@@ -23,10 +25,12 @@ train() {  # task model [extra options, later ones win]
 }
 
 if [[ "$which" == mri || "$which" == all ]]; then
-    for m in mol-penalty modl mol-strict; do train mri-radial-4x "$m" --steps 300; done
+    train mri-radial-4x modl --steps 250 --stop-after 150
+    for m in mol-penalty mol-strict; do train mri-radial-4x "$m" --steps 150; done
     # LUSER (mri-radial-4x) is the earlier run: 48x48 crops, 60 steps (its manifest entry holds the command)
 fi
 if [[ "$which" == ct || "$which" == all ]]; then
     train ct-sparse-view luser --steps 200
-    for m in mol-penalty modl mol-strict; do train ct-sparse-view "$m" --steps 150; done
+    train ct-sparse-view modl --steps 120 --stop-after 80 --eval-every 40
+    for m in mol-penalty mol-strict; do train ct-sparse-view "$m" --steps 80 --eval-every 40; done
 fi

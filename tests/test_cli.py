@@ -129,7 +129,8 @@ def test_train_export_eval_certify_learned_model(images, tmp_path, monkeypatch, 
     weights = tmp_path / "weights"
     code, stdout, err = _run(
         [
-            "train", "--task", "mri-radial-4x", "--model", "mol-strict", "--steps", "2", "--batch-size", "1",
+            "train", "--task", "mri-radial-4x", "--model", "mol-strict", "--steps", "3", "--stop-after", "2",
+            "--batch-size", "1",
             "--crop", "24", "--width", "4", "--depth", "2", "--iters", "5", "--eval-every", "1", "--val-images", "1",
             "--out", str(tmp_path / "run"), "--export", str(weights), "--quiet",
         ],
@@ -140,6 +141,7 @@ def test_train_export_eval_certify_learned_model(images, tmp_path, monkeypatch, 
     entry = pretrained.read_manifest(weights)["mri-radial-4x/mol-strict"]
     assert entry["command"].startswith("deepinv-mol train --task mri-radial-4x --model mol-strict")
     assert entry["training"]["crop"] == 24 and len(entry["val_psnr"]) == 2
+    assert entry["steps_done"] == 2 and "--stop-after 2" in entry["command"]  # a planned stop exports what it reached
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
     monkeypatch.setenv(pretrained.WEIGHTS_ENV, str(weights))
     out = tmp_path / "eval.json"
