@@ -110,9 +110,11 @@ def build_model(name: str, channels: int = 2, config: dict | None = None) -> Rec
             modl = MoDL(denoiser=cnn, num_iter=int(config["modl"]["num_iter"]))
             # MOL's start (not deepinv's A^H y, off by the scale of A^H A): see deepinv_mol.optim.mol.cg_start
             modl.custom_init = _ModlStart(**config["modl"].get("init", {}))
+            gamma = float(config["modl"].get("stepsize", 1.0))
             with torch.no_grad():  # deepinv initialises every HQS step size to 1 (see default_config)
                 for step in modl.params_algo["stepsize"]:
-                    step.fill_(float(config["modl"].get("stepsize", 1.0)))
+                    step.fill_(gamma)
+            modl.register_forward_pre_hook(_PositiveSteps(0.1 * gamma))
             return modl
         from .optim import MOL
 
@@ -132,6 +134,19 @@ class _ModlStart:
         from .optim.mol import cg_start
 
         return cg_start(y, physics, self.max_iter, self.eps)
+
+
+class _PositiveSteps:
+    # deepinv's MoDL learns its step sizes as raw parameters: on ct-sparse-view (step 0.05) Adam at lr 1e-3
+    # drove several below zero within 80 steps, the data step (I + gamma A^H A)^{-1} became indefinite and the
+    # validation PSNR fell to 1 dB. Projected gradient: before every forward the steps are clamped to >= floor.
+    def __init__(self, floor: float):
+        self.floor = float(floor)
+
+    def __call__(self, module, args):
+        with torch.no_grad():
+            for step in module.params_algo["stepsize"]:
+                step.clamp_(min=self.floor)
 
 
 def _accepted_kwargs(cls, kwargs: dict) -> dict:
