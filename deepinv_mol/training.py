@@ -280,11 +280,6 @@ class ResumableTrainer(Trainer):
     :param int world_size: number of processes.
     :param dict run_config: settings saved with checkpoints; a resume must match them.
     :param bool progress: show the progress bar.
-    :param float penalty_weight: weight of :class:`~deepinv_mol.loss.LipschitzPenalty` (``mol-penalty``). With
-        weight 1 its gradient was 1000x that of the MSE at the start of ``mri-radial-4x`` training (0.12 against
-        1e-4): the log-barrier then drives the network's Lipschitz constant to ~0 and MOL to a Tikhonov solve
-        (validation PSNR flat at the CG level). At 1e-4 the MSE leads and the barrier still stops the
-        constant at the threshold, where its gradient grows as ``weight / (T - L)``.
     """
 
     simulate: object = None
