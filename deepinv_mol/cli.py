@@ -7,7 +7,7 @@ r"""The ``deepinv-mol`` command: demo, train, eval, certify, bench.
     deepinv-mol eval --task T (--images F.npy | --split test) --models mol-penalty,mol-strict,modl,luser,cg,adjoint
                      [--json OUT.json] [--seed S] [--figure OUT.png]
     deepinv-mol certify --model M [--task T]
-    deepinv-mol bench memory|quality|robustness|convergence|nufft|ct|luser [--json OUT] [--plot OUT.png]
+    deepinv-mol bench memory|quality|robustness|convergence|nufft|ct|luser|luser-quality [--json OUT] [--plot OUT.png]
 
 Bad arguments (unknown task or model, missing or malformed image file, wrong shapes) end with a one-line
 ``deepinv-mol: error: ...`` on stderr and exit status 2, never a traceback (``--debug`` shows it).
@@ -389,6 +389,7 @@ BENCHMARKS = {
     "nufft": ("nufft", "bench_normal_operator"),
     "ct": ("ct", "bench_ct_vs_tomography"),
     "luser": ("luser", "bench_luser_memory"),
+    "luser-quality": ("luser", "bench_luser_quality"),
     "quality": ("quality", "bench_quality"),
     "robustness": ("robustness", "bench_robustness"),
     "convergence": ("convergence", "bench_convergence"),

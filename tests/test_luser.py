@@ -246,3 +246,16 @@ def test_bad_call_raises(rng):
         model(y, lambda t: t)
     with pytest.raises(ValueError, match="channels=2, got 1 channels"):
         LUSER(num_iter=1, channels=2, regularizer_kwargs=SMALL)(y, physics)
+
+
+def test_bench_settings_reach_the_models_and_bad_names_raise():
+    from deepinv_mol.bench.luser import _memory_setup, bench_luser_quality, make_problem
+
+    setup = _memory_setup("deblur", "LUSER", img_size=16, num_iter=2, width=4, inner_max_iter=5,
+                          luser_kwargs={"contraction": 0.5, "kernel_size": 5})
+    regs = setup["model"].regularizers
+    assert [r.contraction for r in regs] == [0.5, 0.5] and regs[0].z_convs[0].kernel_size == (5, 5)
+    with pytest.raises(ValueError, match="models must be among"):
+        bench_luser_quality(img_size=16, steps=1, models=("LUSER", "DnCNN"))
+    with pytest.raises(ValueError, match="unknown problem"):
+        make_problem("denoise")

@@ -75,26 +75,27 @@ def make_problem(name: str, img_size: int = 256):
 
 
 def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, init="adjoint", anderson=0,
-           backward_anderson=0):
+           backward_anderson=0, luser_kwargs=None):
     from deepinv_mol.optim import LUSER, UnrolledFeedForward
 
     if kind == "LUSER":
         reg = dict(width=width, depth=depth, max_iter=inner_max_iter, tol=1e-3, anderson=anderson, backward_tol=1e-3,
                    backward_max_iter=inner_max_iter, backward_anderson=backward_anderson, warn=False)
+        reg.update(luser_kwargs or {})
         return LUSER(num_iter=num_iter, channels=channels, step_size="auto", init=init, regularizer_kwargs=reg)
     return UnrolledFeedForward(num_iter=num_iter, channels=channels, step_size="auto", init=init,
                                regularizer_kwargs=dict(width=width, depth=twin_depth))
 
 
 def _memory_setup(problem="deblur", kind="LUSER", img_size=256, num_iter=5, width=64, depth=2, twin_depth=20,
-                  inner_max_iter=60, batch=1, seed=0, anderson=0, backward_anderson=0):
+                  inner_max_iter=60, batch=1, seed=0, anderson=0, backward_anderson=0, luser_kwargs=None):
     # module-level and picklable: training_step_memory rebuilds the problem in a fresh subprocess
     torch.manual_seed(seed)
     physics, channels, _ = make_problem(problem, img_size)
     x = _images("train", img_size, batch, channels == 2, seed)
     y = physics(x)
     model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, anderson=anderson,
-                   backward_anderson=backward_anderson)
+                   backward_anderson=backward_anderson, luser_kwargs=luser_kwargs)
     with torch.no_grad():
         model(y, physics)  # fixes the "auto" step sizes before measuring
     return dict(model=model, y=y, physics=physics, x=x)
@@ -112,6 +113,7 @@ def bench_luser_memory(
     rss: bool = True,
     anderson: int = 0,
     backward_anderson: int = 0,
+    luser_kwargs: dict | None = None,
 ) -> list[dict]:
     r"""Training-step memory of LUSER and of its feed-forward twin on several problems, in one run.
 
@@ -132,6 +134,9 @@ def bench_luser_memory(
         measured peak RSS of the deblurring step was 662 MB with :math:`m=5`, 495 MB with :math:`m=2`, 361 MB
         with plain iterations (the twin: 1650 MB).
     :param int backward_anderson: the same for the adjoint (backward) solve.
+    :param dict luser_kwargs: further keyword arguments of LUSER's
+        :class:`~deepinv_mol.models.ShallowEquilibrium` (e.g. ``contraction``, ``kernel_size``); they win over
+        the ones above.
     :param int batch: batch size.
     :param bool rss: also measure the peak RSS increase (CPU, slower).
     :return: list of dict rows.
@@ -152,7 +157,7 @@ def bench_luser_memory(
             m = training_step_memory(
                 _memory_setup, rss=rss, problem=problem, kind=kind, img_size=img_size, num_iter=num_iter,
                 width=width, depth=depth, twin_depth=twin_depth, inner_max_iter=inner_max_iter, batch=batch,
-                anderson=anderson, backward_anderson=backward_anderson,
+                anderson=anderson, backward_anderson=backward_anderson, luser_kwargs=luser_kwargs,
             )
             row = {"problem": problem, "physics": description, "model": kind, "img_size": img_size,
                    "num_iter": num_iter, "width": width, **m, "seconds": round(time.perf_counter() - t0, 1)}
@@ -184,6 +189,9 @@ def bench_luser_quality(
     seed: int = 0,
     anderson: int = 0,
     backward_anderson: int = 0,
+    luser_kwargs: dict | None = None,
+    models=("LUSER", "UnrolledFeedForward"),
+    progress: bool = True,
 ) -> list[dict]:
     r"""Equal-budget training of LUSER and its feed-forward twin: same problem, data, batches, optimiser
     (Adam, ``lr``) and number of steps; test PSNR (dB, magnitude, peak 1) on held-out slices.
@@ -199,6 +207,9 @@ def bench_luser_quality(
     :param int anderson: Anderson history of LUSER's inner solve (0 as in :func:`bench_luser_memory`: the
         configuration whose memory is reported is the one whose quality is reported).
     :param int backward_anderson: the same for the adjoint solve.
+    :param dict luser_kwargs: further keyword arguments of LUSER's regularizer (as in :func:`bench_luser_memory`).
+    :param models: which of ``"LUSER"`` and ``"UnrolledFeedForward"`` to train (both by default).
+    :param bool progress: show a progress bar (loss) while training.
     :param int batch: training batch size.
     :param int n_test: test slices.
     :param float noise: Gaussian noise standard deviation relative to the measurements' RMS.
@@ -207,7 +218,11 @@ def bench_luser_quality(
     :return: rows ``{"model", "problem", "steps", "test_psnr", "train_seconds", "parameters", ...}``, the
         first for the starting point :math:`A^H y` (rescaled by least squares), then one per model.
     """
+    unknown = set(models) - {"LUSER", "UnrolledFeedForward"}
+    if unknown:
+        raise ValueError(f"models must be among 'LUSER', 'UnrolledFeedForward', got {sorted(unknown)}")
     import deepinv as dinv
+    from tqdm.auto import tqdm
 
     physics, channels, description = make_problem(problem, img_size)
     train = _images("train", img_size, None, channels == 2, seed)
@@ -230,25 +245,27 @@ def bench_luser_quality(
         scale = (xa * test).sum() / xa.pow(2).sum()  # A^H y has the wrong units: best scalar rescaling
     rows = [{"model": "A^H y (rescaled)", "problem": problem, "physics": description, "img_size": img_size,
              "steps": 0, "test_psnr": round(score(scale * xa), 2)}]
-    for kind in ("LUSER", "UnrolledFeedForward"):
+    for kind in models:
         torch.manual_seed(seed)
         # CT's A^H y is in the wrong units (line integrals summed over views): start from CG instead
         model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter,
                        init="cg" if problem == "ct" else "adjoint", anderson=anderson,
-                       backward_anderson=backward_anderson)
+                       backward_anderson=backward_anderson, luser_kwargs=luser_kwargs)
         with torch.no_grad():
             model(y_test[:1], physics)  # fixes the "auto" step sizes
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         order = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         model.train()
-        for _ in range(steps):
+        bar = tqdm(range(steps), desc=f"{kind} on {problem}", disable=not progress)
+        for _ in bar:
             idx = torch.randint(len(train), (batch,), generator=order)
             x = train[idx]
             loss = torch.nn.functional.mse_loss(model(measure(x), physics), x)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            bar.set_postfix(loss=f"{loss.item():.2e}")
         seconds = time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
@@ -258,5 +275,7 @@ def bench_luser_quality(
                "parameters": sum(p.numel() for p in model.parameters())}
         if kind == "LUSER":
             row["inner_iterations_per_step"] = model.stats.get("iterations_per_step")
+            if luser_kwargs:
+                row["luser_kwargs"] = dict(luser_kwargs)
         rows.append(row)
     return rows
