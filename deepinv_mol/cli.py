@@ -317,7 +317,7 @@ def cmd_train(args) -> int:
     task = _task(args.task)
     _check_learned(args.model)
     config = default_config(args.model, task.channels, task.data_weight)
-    for key, value in (("width", args.width), ("depth", args.depth)):
+    for key, value in (("width", args.width), ("depth", args.depth), ("activation", args.activation)):
         if value is not None:
             if "cnn" not in config:
                 raise CLIError(f"--{key} applies to models built on MonotoneCNN, not {args.model}")
@@ -530,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-after", type=_positive, default=None, help="stop after this many steps (resumable)")
     t.add_argument("--width", type=_positive, default=None, help="CNN width (default 32)")
     t.add_argument("--depth", type=_positive, default=None, help="CNN depth (default 5)")
+    t.add_argument("--activation", choices=("relu", "maxmin"), default=None,
+                   help="MonotoneCNN activation (default relu; maxmin keeps the certificate, less pessimistic bound)")
     t.add_argument("--iters", type=_positive, default=None, help="MOL max_iter / MoDL, LUSER num_iter")
     t.add_argument("--export", default=None, help="when finished (or stopped by --stop-after), copy best weights + manifest entry here")
     t.add_argument("--quiet", action="store_true", help="no progress bar")

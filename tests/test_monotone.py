@@ -87,9 +87,9 @@ def test_conv_norm_bound_rejects_bad_kernels():
 # ---------------------------------------------------------------- strict network, random weights
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_strict_random_monotone_and_bound_above_local_estimates(mode, rng):
-    net = MonotoneCNN(width=8, depth=4, lipschitz=0.9)
+@pytest.mark.parametrize("mode,activation", [("eval", "relu"), ("train", "relu"), ("eval", "maxmin")])
+def test_strict_random_monotone_and_bound_above_local_estimates(mode, activation, rng):
+    net = MonotoneCNN(width=8, depth=4, lipschitz=0.9, activation=activation)
     net.train(mode == "train")
     bound = net.lipschitz_bound()
     if mode == "eval":
@@ -284,3 +284,21 @@ def test_serves_as_modl_denoiser(rng):
     loss.backward()
     grads = [c.weight.grad for c in net.convs]
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_maxmin_is_a_pairwise_sort_and_keeps_the_identity_start(rng):
+    net = MonotoneCNN(channels=2, width=8, depth=3, lipschitz=0.9, init="identity", activation="maxmin").eval()
+    h = torch.randn(3, 8, 5, 5, generator=rng)
+    out = net._activate(h)
+    pairs = torch.stack([h[:, :4], h[:, 4:]]).sort(dim=0, descending=True).values
+    assert torch.equal(out, torch.cat([pairs[0], pairs[1]], dim=1))
+    # a sort of each pair preserves the norm of every difference: gradient-norm preserving, unlike ReLU
+    g = torch.randn(3, 8, 5, 5, generator=rng)
+    assert torch.allclose(out.norm(), h.norm()) and (net._activate(g) - out).norm() <= (g - h).norm() + 1e-6
+    x = torch.rand(2, 2, 16, 16, generator=rng)
+    assert torch.allclose(net(x), 0.9 * x, atol=0.05)
+    assert net.lipschitz_bound() <= 0.9 * (1 + 1e-6)
+    with pytest.raises(ValueError, match="width must be even and >= 2 \\* channels"):
+        MonotoneCNN(channels=2, width=3, activation="maxmin")
+    with pytest.raises(ValueError, match="activation must be"):
+        MonotoneCNN(activation="tanh")
