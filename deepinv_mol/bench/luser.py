@@ -2,9 +2,9 @@ r"""LUSER against its feed-forward twin: training-step memory and quality after 
 
 Both models are the same unrolled loop (:class:`deepinv_mol.optim.LUSER`, gradient data consistency,
 ``step_size="auto"``, untied regularizers); only the regularizer differs: a shallow equilibrium network
-(:class:`~deepinv_mol.models.ShallowEquilibrium`, ``depth`` 2 convolutions iterated to a fixed point)
-versus deepinv's DnCNN (:class:`~deepinv_mol.models.FeedForwardRegularizer`, ``twin_depth`` layers of
-the same width). Three problems on real images (the embedded Colin27 T1 slices, resized):
+(:class:`~deepinv_mol.models.ShallowEquilibrium`, ``depth`` 2 convolutions of 5×5 iterated to a fixed
+point) versus deepinv's DnCNN (:class:`~deepinv_mol.models.FeedForwardRegularizer`, ``twin_depth`` 3×3
+layers of the same width). Three problems on real images (the embedded Colin27 T1 slices, resized):
 
 * ``"deblur"`` -- deepinv's :class:`~deepinv.physics.Blur` (Gaussian, sigma 2 px, circular), 1 channel;
 * ``"ct"`` -- :class:`deepinv_mol.physics.AstraCT` (2D parallel beam, 60 views, ASTRA CPU), 1 channel
@@ -75,11 +75,12 @@ def make_problem(name: str, img_size: int = 256):
 
 
 def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, init="adjoint", anderson=0,
-           backward_anderson=0, luser_kwargs=None):
+           backward_anderson=0, luser_kwargs=None, kernel_size=5):
     from deepinv_mol.optim import LUSER, UnrolledFeedForward
 
     if kind == "LUSER":
-        reg = dict(width=width, depth=depth, max_iter=inner_max_iter, tol=1e-3, anderson=anderson, backward_tol=1e-3,
+        reg = dict(width=width, depth=depth, kernel_size=kernel_size, max_iter=inner_max_iter, tol=1e-3,
+                   anderson=anderson, backward_tol=1e-3,
                    backward_max_iter=inner_max_iter, backward_anderson=backward_anderson, warn=False)
         reg.update(luser_kwargs or {})
         return LUSER(num_iter=num_iter, channels=channels, step_size="auto", init=init, regularizer_kwargs=reg)
@@ -88,14 +89,15 @@ def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, i
 
 
 def _memory_setup(problem="deblur", kind="LUSER", img_size=256, num_iter=5, width=64, depth=2, twin_depth=20,
-                  inner_max_iter=60, batch=1, seed=0, anderson=0, backward_anderson=0, luser_kwargs=None):
+                  inner_max_iter=60, batch=1, seed=0, anderson=0, backward_anderson=0, luser_kwargs=None,
+                  kernel_size=5):
     # module-level and picklable: training_step_memory rebuilds the problem in a fresh subprocess
     torch.manual_seed(seed)
     physics, channels, _ = make_problem(problem, img_size)
     x = _images("train", img_size, batch, channels == 2, seed)
     y = physics(x)
     model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, anderson=anderson,
-                   backward_anderson=backward_anderson, luser_kwargs=luser_kwargs)
+                   backward_anderson=backward_anderson, luser_kwargs=luser_kwargs, kernel_size=kernel_size)
     with torch.no_grad():
         model(y, physics)  # fixes the "auto" step sizes before measuring
     return dict(model=model, y=y, physics=physics, x=x)
@@ -107,6 +109,7 @@ def bench_luser_memory(
     num_iter: int = 5,
     width: int = 64,
     depth: int = 2,
+    kernel_size: int = 5,
     twin_depth: int = 20,
     inner_max_iter: int = 60,
     batch: int = 1,
@@ -126,6 +129,9 @@ def bench_luser_memory(
     :param int num_iter: unrolled steps :math:`K`.
     :param int width: feature channels of both regularizers.
     :param int depth: convolutions on the shallow equilibrium's :math:`z`-path.
+    :param int kernel_size: kernel size of LUSER's convolutions (the twin's DnCNN is 3×3). 5 by default: the
+        memory of a training step is that of the activations, independent of the kernel size, and 5×5 bought
+        1.0 dB on deblurring at 300 steps (30.36 against 29.32 dB with 3×3; the twin: 29.75).
     :param int twin_depth: layers of the feed-forward twin (DnCNN).
     :param int inner_max_iter: inner iteration cap of LUSER (memory does not depend on it).
     :param int anderson: Anderson history of LUSER's inner forward solve. 0 (plain iteration, which the
@@ -158,6 +164,7 @@ def bench_luser_memory(
                 _memory_setup, rss=rss, problem=problem, kind=kind, img_size=img_size, num_iter=num_iter,
                 width=width, depth=depth, twin_depth=twin_depth, inner_max_iter=inner_max_iter, batch=batch,
                 anderson=anderson, backward_anderson=backward_anderson, luser_kwargs=luser_kwargs,
+                kernel_size=kernel_size,
             )
             row = {"problem": problem, "physics": description, "model": kind, "img_size": img_size,
                    "num_iter": num_iter, "width": width, **m, "seconds": round(time.perf_counter() - t0, 1)}
@@ -180,6 +187,7 @@ def bench_luser_quality(
     num_iter: int = 5,
     width: int = 32,
     depth: int = 2,
+    kernel_size: int = 5,
     twin_depth: int = 20,
     inner_max_iter: int = 60,
     batch: int = 4,
@@ -202,6 +210,7 @@ def bench_luser_quality(
     :param int num_iter: unrolled steps :math:`K`.
     :param int width: feature channels of both regularizers.
     :param int depth: :math:`z`-path convolutions of LUSER's regularizer.
+    :param int kernel_size: kernel size of LUSER's convolutions (as in :func:`bench_luser_memory`).
     :param int twin_depth: layers of the twin's DnCNN.
     :param int inner_max_iter: LUSER's inner iteration cap.
     :param int anderson: Anderson history of LUSER's inner solve (0 as in :func:`bench_luser_memory`: the
@@ -250,7 +259,7 @@ def bench_luser_quality(
         # CT's A^H y is in the wrong units (line integrals summed over views): start from CG instead
         model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter,
                        init="cg" if problem == "ct" else "adjoint", anderson=anderson,
-                       backward_anderson=backward_anderson, luser_kwargs=luser_kwargs)
+                       backward_anderson=backward_anderson, luser_kwargs=luser_kwargs, kernel_size=kernel_size)
         with torch.no_grad():
             model(y_test[:1], physics)  # fixes the "auto" step sizes
         opt = torch.optim.Adam(model.parameters(), lr=lr)
