@@ -207,7 +207,7 @@ class MonotoneCNN(nn.Module):
     :math:`(a, b)` and mapped to :math:`(\max(a, b), \min(a, b))` (GroupSort with groups of 2, Anil, Lucas &
     Grosse, ICML 2019). Sorting is 1-Lipschitz, so the certificate is unchanged, and MaxMin is
     *gradient-norm preserving* (its Jacobian is a permutation almost everywhere) where ReLU zeroes half of
-    the signal: a product-of-norms bound :math:`T` is then far less pessimistic about the network's true
+    the signal: a product-of-norms bound :math:`T` is then less pessimistic about the network's true
     Lipschitz constant, which is what limits the strict variant's expressiveness.
 
     **penalty**: unconstrained convolutions (train with :class:`deepinv_mol.loss.LipschitzPenalty`);
@@ -536,6 +536,8 @@ class MonotoneCNN(nn.Module):
         :param torch.Generator generator: random generator.
         :return: a strict :class:`MonotoneCNN`.
         """
+        if kwargs.get("activation", "relu") != "relu":
+            raise ValueError("nearly_extremal relies on ReLU being the identity on non-negative inputs: activation='relu'")
         net = cls(channels=channels, width=width, depth=depth, constraint="strict", lipschitz=lipschitz,
                   dims=dims, **kwargs)
         with torch.no_grad():
