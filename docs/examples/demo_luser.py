@@ -44,11 +44,12 @@ psnr = dinv.metric.PSNR(max_pixel=1.0)
 # Two models, one loop
 # --------------------
 # Same number of unrolled steps, same width, learnable step sizes initialised at :math:`1/\|A\|^2`.
-# The shallow equilibrium network has 2 convolutions on its hidden path, normalised so that
-# :math:`f` is a contraction (:math:`\mathrm{Lip}_z f \le 0.9`); the twin's DnCNN has 12 layers.
+# The shallow equilibrium network has 2 convolutions (5 x 5) on its hidden path, normalised so that
+# :math:`f` is a contraction (:math:`\mathrm{Lip}_z f \le 0.9`); the twin's DnCNN has 12 layers (3 x 3).
+# Larger kernels cost LUSER no training memory (it keeps activations, not kernels).
 
 luser = LUSER(num_iter=3, channels=1, step_size="auto",
-              regularizer_kwargs=dict(width=16, max_iter=30, tol=1e-3))
+              regularizer_kwargs=dict(width=16, kernel_size=5, max_iter=30, tol=1e-3))
 twin = UnrolledFeedForward(num_iter=3, channels=1, step_size="auto",
                            regularizer_kwargs=dict(width=16, depth=12))
 print(f"certified Lip_z(f) of LUSER's first regularizer: {luser.regularizer(0).lipschitz_bound():.3f}")
@@ -110,8 +111,9 @@ plt.show()
 # -----------------
 # * The equilibrium regularizer keeps the activations of one shallow evaluation per unrolled step; the
 #   feed-forward twin keeps every layer. ``deepinv_mol.bench.luser.bench_luser_memory`` measures the
-#   ratio at 256 x 256 on deblurring, CT and MRI (``deepinv-mol bench memory``).
+#   ratio at 256 x 256 on deblurring, CT and MRI (``deepinv-mol bench luser``).
 # * ``model.stats`` reports the inner solves (iterations, residual, convergence; backward counterparts
 #   after a backward pass). An inner solve that does not converge emits a ``RuntimeWarning``.
 # * 60 steps on 48 x 48 images are far from convergence: use
-#   ``deepinv_mol.bench.luser.bench_luser_quality`` for a longer equal-budget comparison.
+#   ``deepinv_mol.bench.luser.bench_luser_quality`` (``deepinv-mol bench luser-quality``) for a longer
+#   equal-budget comparison.
