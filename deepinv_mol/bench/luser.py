@@ -14,6 +14,15 @@ layers of the same width). Three problems on real images (the embedded Colin27 T
 
 :func:`bench_luser_memory` measures with :func:`deepinv_mol.bench.memory.training_step_memory`;
 :func:`bench_luser_quality` trains both for the same number of Adam steps and reports test PSNR.
+
+Measured on the 2-core CPU of the development machine (defaults; one run each):
+
+* memory, 256², width 64, :math:`K = 5`: peak RSS of a training step 366 / 365 / 371 MB for LUSER against
+  1650 / 1649 / 1655 MB for the twin on deblur / CT / MRI: **4.50× / 4.52× / 4.46×** less (tensors saved
+  for backward 6.0× / 6.0× / 5.9×);
+* test PSNR after 300 equal Adam steps (64², width 32, 8 test slices), LUSER vs twin: deblur 30.36 vs 29.75
+  (seed 0), 30.11 vs 29.82 (seed 1); CT 39.12 vs 38.99, 38.98 vs 38.83; MRI 28.43 vs 29.08, 29.79 vs 29.80,
+  30.17 vs 29.01 (seeds 0, 1, 2). Single runs vary by about 1 dB with the seed: compare means over seeds.
 """
 
 from __future__ import annotations
