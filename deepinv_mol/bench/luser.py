@@ -293,6 +293,7 @@ def bench_luser_quality(
                "parameters": sum(p.numel() for p in model.parameters())}
         if kind == "LUSER":
             row["inner_iterations_per_step"] = model.stats.get("iterations_per_step")
+            row["kernel_size"] = (luser_kwargs or {}).get("kernel_size", kernel_size)
             if luser_kwargs:
                 row["luser_kwargs"] = dict(luser_kwargs)
         rows.append(row)
