@@ -218,11 +218,14 @@ def fixed_point(
     *Anderson acceleration* (``anderson=m > 0``) combines the last ``m`` iterates:
     :math:`z_{k+1} = \beta \sum_i c_i f(z_i) + (1-\beta) \sum_i c_i z_i` with coefficients of the
     ridge-regularised least-squares problem :math:`\min_{\sum c_i = 1} \|\sum_i c_i (f(z_i) - z_i)\|^2`.
-    *Safeguard*: when an unfinished item has not improved its smallest absolute residual for
-    ``stall_patience`` iterations (default ``2 m``), the history is cleared, the next iterate is the plain
-    step :math:`f(z_{best})` from each item's best point, and the next ``m`` steps are plain iterations
-    (``stats.restarts`` counts these restarts). A stalled Anderson then costs at most ``stall_patience``
-    iterations before it falls back to the plain iteration from the best point seen.
+    *Safeguard*: Anderson is checked over windows of ``stall_patience`` iterations (default ``2 m``).
+    It fails a window when an unfinished item did not improve its smallest absolute residual during it
+    (a stall) or, once a plain phase has measured the plain iteration's rate :math:`\hat q` (per
+    iteration, of the largest relative residual), when the window's rate is worse than :math:`\hat q`.
+    On failure the history is cleared, the next iterate is the plain step :math:`f(z_{best})` from each
+    item's best point, and a phase of plain iterations follows (``m`` steps, doubled at every further
+    failure, so a useless Anderson costs a bounded fraction of the iterations); ``stats.restarts``
+    counts the failures.
 
     *Divergence*: the relative residual alone cannot see a linear expansion (for :math:`f(z) = 2z` it
     stays at 1/2), so the solve also watches the absolute residual :math:`\|f(z_k) - z_k\|`: if it is
@@ -294,6 +297,10 @@ def fixed_point(
     X = F = None
     n_hist = 0  # pairs stored since the last (re)start
     plain_left = 0  # plain steps still to take after a restart
+    plain_len = max(anderson, 1)  # length of the next plain phase (doubles at every failure)
+    plain_start: float | None = None  # residual at the start of the current plain phase
+    q_plain: float | None = None  # measured per-iteration rate of the plain iteration
+    win_len, win_start = 0, math.inf  # Anderson window: iterations and residual at its start
     it = 0
     for it in range(1, max_iter + 1):
         fz = f(z)
@@ -332,13 +339,29 @@ def fixed_point(
 
         if anderson > 0:
             m = anderson
-            if bool(((stalled >= patience) & ~done).any()):
-                # safeguard: Anderson stalls; restart from the plain step at each item's best point
-                restarts += 1
-                n_hist, plain_left = 0, m
-                stalled = torch.zeros_like(stalled)
-                z = best_f
-                continue
+            current = float(rel_res[~done].max())
+            if plain_left > 0 or plain_start is not None:
+                if plain_left == 0:  # a plain phase just ended: measure its rate
+                    q_plain = (current / plain_start) ** (1.0 / plain_len) if plain_start > 0 else None
+                    plain_start, plain_len = None, min(2 * plain_len, max_iter)
+                    win_len, win_start = 0, current
+            else:
+                win_len += 1
+                if win_len == 1 and not math.isfinite(win_start):
+                    win_start = history[0]
+                failed = bool(((stalled >= patience) & ~done).any())
+                if win_len >= patience:
+                    rate = (current / win_start) ** (1.0 / win_len) if win_start > 0 else 0.0
+                    failed = failed or (q_plain is not None and rate > q_plain)
+                    win_len, win_start = 0, current
+                if failed:
+                    # safeguard: restart from the plain step at each item's best point, then plain steps
+                    restarts += 1
+                    n_hist, plain_left = 0, plain_len
+                    stalled = torch.zeros_like(stalled)
+                    plain_start = float(best_rel[~done].max())
+                    z = best_f
+                    continue
             if X is None:
                 X = torch.zeros((batch, m) + tuple(_flat(z).shape[1:]), dtype=_flat(z).dtype, device=device)
                 F = torch.zeros_like(X)

@@ -55,11 +55,17 @@ def _per_item(v: Tensor, t: Tensor) -> Tensor:
 
 
 def _cg(
-    apply_m: Callable[[Tensor], Tensor], b: Tensor, x0: Tensor | None, tol: float, max_iter: int
+    apply_m: Callable[[Tensor], Tensor],
+    b: Tensor,
+    x0: Tensor | None,
+    tol: float,
+    max_iter: int,
+    forcing: float = 0.0,
 ) -> tuple[Tensor, SolverStats]:
     r"""Conjugate gradient for :math:`Mx = b` (:math:`M` Hermitian positive semi-definite), per batch item.
 
-    Stops an item when :math:`\|b - Mx\| \le` ``tol`` :math:`\|b\|` (``tol`` times 1 when :math:`b = 0`),
+    Stops an item when :math:`\|b - Mx\| \le \max(` ``tol`` :math:`\|b\|,` ``forcing``
+    :math:`\|b - Mx_0\|)` (:math:`\|b\|` read as 1 when :math:`b = 0`),
     all items when all have stopped or after ``max_iter`` applications of :math:`M` (plus one for the
     residual of a warm start). The residual is the CG recursion's; the statistics report its maximum
     relative value over the batch.
@@ -75,7 +81,8 @@ def _cg(
     rr = _sq_norm(r)
     initial = rr.sqrt().tolist()
     rel = rr.sqrt() / b_norm
-    done = rel <= tol
+    thr = torch.clamp_min(forcing * rel, tol)
+    done = rel <= thr
     p = r
     it = 0
     history = [float(rel.max())] if rel.numel() else [0.0]
@@ -90,13 +97,13 @@ def _cg(
         rr_new = _sq_norm(r)
         rel = torch.where(ok, rr_new.sqrt() / b_norm, rel)
         # an item whose curvature vanished (p = 0: r = 0) has converged; a non-finite one stops
-        done = done | (rel <= tol) | ~ok
+        done = done | (rel <= thr) | ~ok
         ratio = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)), torch.zeros_like(rr))
         p = r + _per_item(ratio, p) * p
         rr = torch.where(ok, rr_new, rr)
         history.append(float(rel.max()))
     residual = float(rel.max()) if rel.numel() else 0.0
-    converged = math.isfinite(residual) and residual <= tol
+    converged = math.isfinite(residual) and bool((rel <= thr).all())
     return x, SolverStats(
         iterations=it, residual=residual, converged=converged, history=history, initial_residuals=initial
     )
@@ -124,9 +131,9 @@ class _ExactSolve(torch.autograd.Function):
     residual), whose autograd Jacobian is not that of the solve."""
 
     @staticmethod
-    def forward(ctx, rhs, gamma, init, normal, tol, max_iter, back_tol, back_iter, out):
+    def forward(ctx, rhs, gamma, init, normal, tol, max_iter, back_tol, back_iter, out, forcing):
         with torch.no_grad():
-            x, stats = _cg(lambda u: u + gamma * normal(u), rhs, init, tol, max_iter)
+            x, stats = _cg(lambda u: u + gamma * normal(u), rhs, init, tol, max_iter, forcing)
         out.append(stats)
         ctx.normal, ctx.back_tol, ctx.back_iter = normal, back_tol, back_iter
         ctx.save_for_backward(x, gamma)
@@ -142,7 +149,7 @@ class _ExactSolve(torch.autograd.Function):
                 prod = -(w.conj() * ctx.normal(x)).real
                 grad_gamma = prod.sum() if gamma.ndim == 0 else prod.sum_to_size(gamma.shape)
                 grad_gamma = grad_gamma.to(gamma.dtype).reshape(gamma.shape)
-        return w, grad_gamma, None, None, None, None, None, None, None
+        return w, grad_gamma, None, None, None, None, None, None, None, None
 
 
 def regularised_solve(
@@ -155,6 +162,7 @@ def regularised_solve(
     max_iter: int = 100,
     backward_tol: float | None = None,
     backward_max_iter: int | None = None,
+    forcing: float = 0.0,
 ) -> tuple[Tensor, SolverStats]:
     r"""Solve :math:`(I + \gamma A^HA)\,x = b` by conjugate gradient.
 
@@ -175,6 +183,9 @@ def regularised_solve(
     :param int max_iter: iteration cap (0 returns ``init``, or zero).
     :param float backward_tol: tolerance of the backward solve (default ``tol``).
     :param int backward_max_iter: cap of the backward solve (default ``max_iter``).
+    :param float forcing: also stop an item once its residual is ``forcing`` times its initial residual
+        :math:`\|b - M\,\mathrm{init}\|` (an inexact-Newton forcing term for warm-started solves inside an
+        outer iteration; 0: ``tol`` only).
     :return: ``(x, stats)`` with a :class:`deepinv_mol.equilibrium.SolverStats` (``iterations``: CG
         iterations, ``residual``: maximum relative residual over the batch, ``converged``,
         ``initial_residuals``: per item :math:`\|b - M\,\mathrm{init}\|`).
@@ -203,14 +214,17 @@ def regularised_solve(
     backward_tol = tol if backward_tol is None else backward_tol
     backward_max_iter = max_iter if backward_max_iter is None else backward_max_iter
     _check(physics, rhs, backward_tol, backward_max_iter)
+    if not (isinstance(forcing, (int, float)) and not isinstance(forcing, bool) and 0 <= forcing < 1):
+        raise ValueError(f"forcing must be a number in [0, 1), got {forcing!r}")
     g = gamma.to(real)
     normal = physics.A_adjoint_A
     if not (torch.is_grad_enabled() and (rhs.requires_grad or g.requires_grad)):
         with torch.no_grad():
-            return _cg(lambda u: u + g * normal(u), rhs, init, float(tol), int(max_iter))
+            return _cg(lambda u: u + g * normal(u), rhs, init, float(tol), int(max_iter), float(forcing))
     out: list[SolverStats] = []
     x = _ExactSolve.apply(
-        rhs, g, init, normal, float(tol), int(max_iter), float(backward_tol), int(backward_max_iter), out
+        rhs, g, init, normal, float(tol), int(max_iter), float(backward_tol), int(backward_max_iter), out,
+        float(forcing),
     )
     return x, out[0]
 

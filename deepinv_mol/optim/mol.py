@@ -40,12 +40,16 @@ class DataConsistencyConfig:
         residual is at most ``tol_factor`` :math:`\cdot\,\alpha\,` ``tol`` :math:`\cdot\|x\|`.
         It must be < 1: then a CG that does nothing (0 iterations) can only happen at a point that meets
         MOL's tolerance, so the inexact map has no false fixed point.
+    :param float forcing: CG also stops once its residual is ``forcing`` times its first one (inexact
+        Newton: loose solves far from the fixed point, where the outer step moves a lot anyway; near it
+        the tolerance above takes over). 0 solves every step to the tolerance above.
     :param int max_iter: CG cap of each forward solve.
     :param float backward_tol: relative tolerance of the CG solve of the backward pass (exact-solve gradient).
     :param int backward_max_iter: its cap.
     """
 
     tol_factor: float = 0.1
+    forcing: float = 0.1
     max_iter: int = 50
     backward_tol: float = 1e-6
     backward_max_iter: int = 100
@@ -53,6 +57,8 @@ class DataConsistencyConfig:
     def __post_init__(self):
         if not (_finite(self.tol_factor) and 0 < self.tol_factor < 1):
             raise ValueError(f"data_consistency tol_factor must be in (0, 1), got {self.tol_factor!r}")
+        if not (_finite(self.forcing) and 0 <= self.forcing < 1):
+            raise ValueError(f"data_consistency forcing must be in [0, 1), got {self.forcing!r}")
         if not (_finite(self.backward_tol) and self.backward_tol >= 0):
             raise ValueError(f"data_consistency backward_tol must be a finite number >= 0, got {self.backward_tol!r}")
         for name in ("max_iter", "backward_max_iter"):
@@ -365,7 +371,7 @@ class MOL(Reconstructor):
         cfg = self.dc_config
         x_next, st = regularised_solve(
             physics, b, al, init=x, tol=cg_tol, max_iter=cfg.max_iter,
-            backward_tol=cfg.backward_tol, backward_max_iter=cfg.backward_max_iter,
+            backward_tol=cfg.backward_tol, backward_max_iter=cfg.backward_max_iter, forcing=cfg.forcing,
         )
         return x_next, st
 
