@@ -328,3 +328,145 @@ def test_prior_in_deepinv_optimisers_reaches_mols_fixed_point(problem, algo):
 def test_prior_bad_gamma():
     with pytest.raises(ValueError, match="gamma"):
         MonotoneScorePrior(_net()).prox(_phantom(), gamma=0.0)
+
+
+# --- ill-conditioned problem: what `converged` certifies, Anderson's safeguard (issue 12) ---------------
+
+
+def _ill_conditioned(seed=0, rows=40, side=8, cond=600.0):
+    """Compressed-sensing-like dense operator (rows < n = side^2) with singular values from 1 to 1/cond,
+    float64; a strict MonotoneCNN with certified Lip(H) = 0.9; lambda = 100."""
+    n = side * side
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(rows, n, generator=g, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(A, full_matrices=False)
+    s = torch.logspace(0, -torch.log10(torch.tensor(cond)).item(), rows, dtype=torch.float64)
+    A = (U * s) @ Vh
+    physics = dinv.physics.LinearPhysics(
+        A=lambda x: x.reshape(x.shape[0], -1) @ A.T, A_adjoint=lambda y: (y @ A).reshape(y.shape[0], 1, side, side)
+    )
+    torch.manual_seed(seed)
+    net = MonotoneCNN(channels=1, width=8, depth=3, constraint="strict", lipschitz=0.9).double().eval()
+    x = torch.rand(2, 1, side, side, generator=g, dtype=torch.float64)
+    y = physics.A(x) + 0.01 * torch.randn(2, rows, generator=g, dtype=torch.float64)
+    lam = 100.0
+    # the fixed point by the exact map with a dense inverse, to rounding
+    Minv = torch.linalg.inv(torch.eye(n, dtype=torch.float64) + lam * A.T @ A)
+    aty, xs = physics.A_adjoint(y), physics.A_adjoint(y)
+    with torch.no_grad():
+        for _ in range(600):  # contraction 0.9: 0.9^600 ~ 1e-28
+            xs = (Minv @ (net(xs) + lam * aty).reshape(2, n, 1)).reshape(xs.shape)
+    return physics, net, y, lam, xs, float(torch.linalg.cond(A))
+
+
+@pytest.mark.parametrize("anderson", [0, 5])
+@pytest.mark.parametrize("dc", [{}, dict(forcing=0.5, max_iter=3), dict(forcing=0.0, max_iter=5)])
+def test_converged_certifies_distance_to_dense_fixed_point(anderson, dc):
+    """Condition number 600 > 500: whenever stats["converged"], ||x - x*|| <= ||F(x) + lam A^H(Ax - y)|| / m
+    (m = 1 - Lip(H)), whatever the accuracy of the CG solves (here also 3 loose CG iterations a step)."""
+    physics, net, y, lam, x_star, cond = _ill_conditioned()
+    assert cond > 500
+    m = 1.0 - float(net.lipschitz_bound())
+    assert abs(m - 0.1) < 1e-6
+    for tol in (1e-3, 1e-4, 1e-6, 1e-9):
+        model = MOL(net, lambda_=lam, tol=tol, max_iter=3000, anderson=anderson, data_consistency=dc, warn=False).double()
+        with torch.no_grad():
+            x = model(y, physics)
+        assert model.stats["converged"]  # not vacuous
+        eq = model.equation_residual(x, y, physics)  # from scratch, per item
+        assert float(eq.max()) <= tol * (1 + 1e-6)
+        assert abs(float(eq.max()) - model.stats["equation_residual"]) <= 1e-6 * tol + 1e-13
+        dist = (x - x_star).flatten(1).norm(dim=1)
+        bound = eq * x.flatten(1).norm(dim=1) / m
+        assert bool((dist <= bound).all()), (tol, dist, bound)
+
+
+def test_anderson_safeguard_on_ill_conditioned_problem():
+    """Anderson with the default (tied) CG is never slower than plain iteration by more than one safeguard
+    window; with loose CG steps (3 iterations, forcing 0.5), where Anderson alone is 1.5x slower than
+    plain, the safeguard restarts it and cuts the excess."""
+    physics, net, y, lam, _, _ = _ill_conditioned()
+
+    def iterations(anderson, dc=None, **kw):
+        model = MOL(net, lambda_=lam, tol=1e-9, max_iter=3000, anderson=anderson, data_consistency=dc, warn=False).double()
+        with torch.no_grad():
+            if kw:
+                from deepinv_mol import equilibrium as eqm
+
+                orig = eqm.fixed_point
+                eqm.fixed_point = lambda *a, **k: orig(*a, **{**k, **kw})
+                try:
+                    model(y, physics)
+                finally:
+                    eqm.fixed_point = orig
+            else:
+                model(y, physics)
+        assert model.stats["converged"]
+        return model.stats["iterations"], model.stats["restarts"]
+
+    plain, _ = iterations(0)
+    accel, _ = iterations(5)
+    assert accel <= plain + 10  # stall_patience = 2 m = 10
+    loose = dict(forcing=0.5, max_iter=3)
+    plain, _ = iterations(0, loose)
+    guarded, restarts = iterations(5, loose)
+    unguarded, none = iterations(5, loose, stall_patience=10**6)
+    assert none == 0 and restarts >= 1
+    assert guarded < unguarded and unguarded > 1.4 * plain
+
+
+def test_deepinv_test_with_convergence_metrics(tmp_path):
+    """deepinv.test(..., plot_convergence_metrics=True) passes x_gt and compute_metrics=True and expects
+    (x, metrics) with per-item per-iteration lists (deepinv's MoDL convention)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    physics = _mri()
+    xs = _phantom(2)
+    loader = torch.utils.data.DataLoader(_Images(xs), batch_size=2)
+    model = MOL(_net().eval(), lambda_=10.0, tol=1e-5, max_iter=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = dinv.test(model, loader, physics, online_measurements=True, plot_convergence_metrics=True,
+                        save_folder=str(tmp_path), show_progress_bar=False, verbose=False, plot_images=False)
+    assert "PSNR" in out and out["PSNR"] > 10
+    with torch.no_grad():
+        y = physics(xs)
+        x_hat, metrics = model(y, physics, x_gt=xs, compute_metrics=True)
+    n = model.stats["iterations"]
+    assert set(metrics) == {"psnr", "residual"}
+    assert all(len(metrics["residual"][i]) == n and len(metrics["psnr"][i]) == n for i in range(2))
+    assert max(metrics["residual"][i][-1] for i in range(2)) == pytest.approx(model.stats["equation_residual"], rel=1e-6)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        model(y, physics, foo=1)
+
+
+def test_denoiser_called_once_per_reported_iteration(problem):
+    physics, _, y = problem
+    net = _net().eval()
+    calls = [0]
+    net.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+    model = MOL(net, lambda_=10.0, tol=1e-5)
+    adj = [0]
+    orig = physics.A_adjoint
+    physics.A_adjoint = lambda *a, **k: (adj.__setitem__(0, adj[0] + 1), orig(*a, **k))[1]
+    with torch.no_grad():
+        model(y, physics)
+    assert calls[0] == model.stats["iterations"]
+    assert adj[0] == 1  # A^H y once (start image and data consistency share it)
+
+
+def test_get_config_rebuilds_identical_model(problem):
+    import json
+
+    physics, _, y = problem
+    model = MOL(_net().eval(), lambda_=7.0, alpha=0.5, learn_alpha=True, anderson=3,
+                backward=dict(mode="jfb", tol=1e-4), data_consistency=dict(max_iter=30))
+    cfg = json.loads(json.dumps(model.get_config()))
+    clone = MOL(denoiser=_net(seed=3).eval(), **cfg)
+    clone.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(clone(y, physics), model(y, physics))
+    assert clone.get_config() == model.get_config()
+    # the manifest's keys keep working
+    MOL(_net(), lambda_=2.0, alpha=1.0, max_iter=50, tol=1e-4, anderson=True)
