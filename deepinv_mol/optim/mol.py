@@ -368,6 +368,8 @@ class MOL(Reconstructor):
         with torch.no_grad():
             ratio = x.flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1).clamp_min(1e-30)
             cg_tol = self.dc_config.tol_factor * float(self.alpha) * self.tol * float(ratio.min())
+            if not math.isfinite(cg_tol):  # a non-finite iterate: the solve reports it as diverged
+                cg_tol = 0.0
         cfg = self.dc_config
         x_next, st = regularised_solve(
             physics, b, al, init=x, tol=cg_tol, max_iter=cfg.max_iter,
@@ -411,6 +413,9 @@ class MOL(Reconstructor):
     def equation_residual(self, x: Tensor, y: Tensor, physics) -> Tensor:
         r"""Per-item relative residual :math:`\|F(x) + \lambda A^H(Ax - y)\| / \|x\|` of MOL's equation
         (computed from scratch: one denoiser call; ``stats["equation_residual"]`` gives it for free).
+        :math:`A^HA` is ``physics.A_adjoint_A``, the operator MOL solves with: for a physics whose normal
+        operator is not exactly ``A_adjoint(A(.))`` (a Toeplitz NUFFT, accurate to the interpolation error,
+        about 1e-3 for :class:`~deepinv_mol.physics.NufftMRI`), the equation is the one with that operator.
 
         :param torch.Tensor x: image.
         :param torch.Tensor y: measurements.
@@ -418,7 +423,7 @@ class MOL(Reconstructor):
         :return: shape ``(B,)``.
         """
         with torch.no_grad():
-            r = x - self.denoiser(x) + self.lambda_ * physics.A_adjoint(physics.A(x) - y)
+            r = x - self.denoiser(x) + self.lambda_ * (physics.A_adjoint_A(x) - physics.A_adjoint(y))
             return r.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1).clamp_min(1e-12)
 
     # ------------------------------------------------------------------ reconstruction
@@ -451,6 +456,8 @@ class MOL(Reconstructor):
             raise TypeError(f"y must be a torch.Tensor of measurements, got {type(y).__name__}")
         if y.ndim == 0 or y.shape[0] == 0:
             raise ValueError(f"y must be a non-empty batch of measurements (batch first), got shape {tuple(y.shape)}")
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(f"y contains non-finite values (NaN or Inf) in items {torch.nonzero(~torch.isfinite(y).flatten(1).all(1)).flatten().tolist()}")
         for name in ("A", "A_adjoint", "A_adjoint_A"):
             if not callable(getattr(physics, name, None)):
                 raise TypeError(
