@@ -183,3 +183,17 @@ def test_bad_inputs(call, exc, match):
     physics, _ = _dense_physics()
     with pytest.raises(exc, match=match):
         call(physics, _rand())
+
+
+def test_forcing_stops_at_a_fraction_of_the_initial_residual():
+    physics, A = _dense_physics(cond=600)
+    b = _rand()
+    near = _dense_solve(A, b, 100.0) + 1e-2 * b
+    x, stats = regularised_solve(physics, b, 100.0, init=near, tol=1e-12, forcing=0.3, max_iter=200)
+    r0 = torch.tensor(stats.initial_residuals, dtype=torch.float64)
+    r = (b - x - 100.0 * physics.A_adjoint_A(x)).flatten(1).norm(dim=1)
+    assert stats.converged and bool((r <= 0.3 * r0 * (1 + 1e-6)).all())
+    _, full = regularised_solve(physics, b, 100.0, init=near, tol=1e-12, max_iter=200)
+    assert stats.iterations < full.iterations
+    with pytest.raises(ValueError, match=r"forcing must be a number in \[0, 1\)"):
+        regularised_solve(physics, b, 1.0, forcing=1.0)

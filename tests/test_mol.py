@@ -303,7 +303,7 @@ def test_prior_grad_and_resolvent():
     x = _phantom()
     assert torch.allclose(prior.grad(x, 0.1), x - net(x))
     p = prior.prox(x, 0.1, gamma=2.0)
-    assert prior.prox_stats["converged"]
+    assert prior.stats["converged"] and prior.prox_stats is prior.stats
     with torch.no_grad():
         assert _rel(p + 2.0 * prior.grad(p), x) < 1e-4
 

@@ -68,7 +68,12 @@ class MonotoneScorePrior(Prior):
         self.denoiser = denoiser
         self.explicit_prior = False
         self.prox_max_iter, self.prox_tol, self.prox_anderson = int(prox_max_iter), float(prox_tol), int(prox_anderson)
-        self.prox_stats: dict = {}
+        self.stats: dict = {}
+
+    @property
+    def prox_stats(self) -> dict:
+        r"""Deprecated name of :attr:`stats` (the package's one name for "what the last call did")."""
+        return self.stats
 
     def grad(self, x: Tensor, *args, **kwargs) -> Tensor:
         r"""The score :math:`F(x) = x - H_\theta(x)` (extra arguments such as deepinv's ``g_param`` are ignored).
@@ -79,7 +84,7 @@ class MonotoneScorePrior(Prior):
         return x - self.denoiser(x)
 
     def prox(self, x: Tensor, *args, gamma: float = 1.0, **kwargs) -> Tensor:
-        r"""Resolvent :math:`(I + \gamma F)^{-1}(x)` by a fixed-point solve (statistics in :attr:`prox_stats`).
+        r"""Resolvent :math:`(I + \gamma F)^{-1}(x)` by a fixed-point solve (statistics in :attr:`stats`).
 
         :param torch.Tensor x: point :math:`v` to map.
         :param float gamma: step :math:`\gamma > 0` (deepinv passes it as a keyword).
@@ -96,5 +101,5 @@ class MonotoneScorePrior(Prior):
             anderson=self.prox_anderson,
             name="MonotoneScorePrior resolvent",
         )
-        self.prox_stats = stats.as_dict()
+        self.stats = stats.as_dict()
         return p
