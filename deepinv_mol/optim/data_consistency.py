@@ -24,6 +24,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from deepinv.physics import LinearPhysics
+
 from ..equilibrium import SolverStats
 
 __all__ = ["regularised_solve", "start_image"]
@@ -109,7 +111,7 @@ def _cg(
     )
 
 
-def _check(physics, rhs: Tensor, tol: float, max_iter: int) -> None:
+def _check(physics: LinearPhysics, rhs: Tensor, tol: float, max_iter: int) -> None:
     if not isinstance(rhs, Tensor):
         raise TypeError(f"rhs must be a torch.Tensor image, got {type(rhs).__name__}")
     if not callable(getattr(physics, "A_adjoint_A", None)):
@@ -153,7 +155,7 @@ class _ExactSolve(torch.autograd.Function):
 
 
 def regularised_solve(
-    physics,
+    physics: LinearPhysics,
     rhs: Tensor,
     gamma: Tensor | float,
     init: Tensor | None = None,
@@ -231,7 +233,7 @@ def regularised_solve(
 
 @torch.no_grad()
 def start_image(
-    y: Tensor, physics, eps: float = 1e-2, max_iter: int = 20, tol: float = 1e-6, aty: Tensor | None = None
+    y: Tensor, physics: LinearPhysics, eps: float = 1e-2, max_iter: int = 20, tol: float = 1e-6, aty: Tensor | None = None
 ) -> Tensor:
     r"""The starting image: ``max_iter`` CG iterations on :math:`(A^HA + \epsilon I)x = A^Hy` from zero
     (stopped earlier at relative residual ``tol``), or :math:`A^Hy` itself when ``max_iter == 0``. Not

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from deepinv.models import Reconstructor
+from deepinv.physics import LinearPhysics
 
-from ..equilibrium import BackwardConfig, EquilibriumStats, equilibrium
+from ..equilibrium import BackwardConfig, EquilibriumStats, SolverStats, equilibrium
 from .data_consistency import regularised_solve, start_image
 
 __all__ = ["MOL", "DataConsistencyConfig", "cg_start"]
@@ -80,7 +81,7 @@ def _inv_softplus(v: float) -> float:
     return v + math.log(-math.expm1(-v))
 
 
-def cg_start(y: Tensor, physics, max_iter: int = 20, eps: float = 1e-2) -> Tensor:
+def cg_start(y: Tensor, physics: LinearPhysics, max_iter: int = 20, eps: float = 1e-2) -> Tensor:
     r"""Deprecated alias of :func:`deepinv_mol.optim.data_consistency.start_image` (old argument order
     ``max_iter, eps``), kept until every caller has moved.
 
@@ -361,7 +362,7 @@ class MOL(Reconstructor):
         alpha = self.alpha_value().to(x.real.dtype if x.is_complex() else x.dtype)
         return x + alpha * (h - x)
 
-    def _solve(self, z: Tensor, x: Tensor, aty: Tensor, physics):
+    def _solve(self, z: Tensor, x: Tensor, aty: Tensor, physics: LinearPhysics) -> tuple[Tensor, SolverStats]:
         al = (self.alpha_value() * self.lambda_value()).to(z.real.dtype if z.is_complex() else z.dtype)
         b = z + al * aty
         # CG tolerance tied to MOL's: residual <= tol_factor * alpha * tol * ||x|| (relative to ||b||, per item)
@@ -377,7 +378,7 @@ class MOL(Reconstructor):
         )
         return x_next, st
 
-    def data_consistency(self, z: Tensor, y: Tensor, physics, init: Tensor, aty: Tensor | None = None) -> Tensor:
+    def data_consistency(self, z: Tensor, y: Tensor, physics: LinearPhysics, init: Tensor, aty: Tensor | None = None) -> Tensor:
         r""":math:`(I + \alpha\lambda A^HA)^{-1}(z + \alpha\lambda A^H y)` by CG warm-started at ``init``, to the
         tolerance of :class:`DataConsistencyConfig`, differentiated as the exact solve.
 
@@ -390,7 +391,7 @@ class MOL(Reconstructor):
         aty = physics.A_adjoint(y) if aty is None else aty
         return self._solve(z, init.detach(), aty, physics)[0]
 
-    def step(self, x: Tensor, y: Tensor, physics, aty: Tensor | None = None) -> Tensor:
+    def step(self, x: Tensor, y: Tensor, physics: LinearPhysics, aty: Tensor | None = None) -> Tensor:
         r"""One MOL step :math:`T(x)` (score step, then data consistency warm-started at ``x``).
 
         :param torch.Tensor x: current image.
@@ -400,7 +401,7 @@ class MOL(Reconstructor):
         """
         return self.data_consistency(self.score_step(x), y, physics, init=x, aty=aty)
 
-    def initialise(self, y: Tensor, physics, aty: Tensor | None = None) -> Tensor:
+    def initialise(self, y: Tensor, physics: LinearPhysics, aty: Tensor | None = None) -> Tensor:
         r"""Starting image: :func:`~deepinv_mol.optim.data_consistency.start_image` with ``init_cg_iter``
         iterations and weight ``init_eps``.
 
@@ -410,7 +411,7 @@ class MOL(Reconstructor):
         """
         return start_image(y, physics, eps=self.init_eps, max_iter=self.init_cg_iter, aty=aty)
 
-    def equation_residual(self, x: Tensor, y: Tensor, physics) -> Tensor:
+    def equation_residual(self, x: Tensor, y: Tensor, physics: LinearPhysics) -> Tensor:
         r"""Per-item relative residual :math:`\|F(x) + \lambda A^H(Ax - y)\| / \|x\|` of MOL's equation
         (computed from scratch: one denoiser call; ``stats["equation_residual"]`` gives it for free).
         :math:`A^HA` is ``physics.A_adjoint_A``, the operator MOL solves with: for a physics whose normal
@@ -430,7 +431,7 @@ class MOL(Reconstructor):
     def forward(
         self,
         y: Tensor,
-        physics,
+        physics: LinearPhysics,
         init: Tensor | None = None,
         x_gt: Tensor | None = None,
         compute_metrics: bool = False,
