@@ -34,6 +34,7 @@ __all__ = [
     "power_norm",
     "WeightsSnapshot",
     "CertifiedNorms",
+    "converge_power_vectors",
 ]
 
 _CONV = {2: F.conv2d, 3: F.conv3d}
@@ -386,3 +387,35 @@ class CertifiedNorms:
     def clear(self) -> None:
         r"""Drop every cached bound."""
         self._entries = []
+
+
+@torch.no_grad()
+def converge_power_vectors(module: torch.nn.Module, n_iter: int = 2000, tol: float = 1e-7) -> dict:
+    r"""Converge the stored power vectors of every network inside ``module`` that has them (every submodule
+    with an ``update_normalisation(n_iter, tol)`` method: strict :class:`~deepinv_mol.models.MonotoneCNN`,
+    :class:`~deepinv_mol.models.ShallowEquilibrium`), warm-started at the stored vectors, e.g. on a model from
+    :func:`deepinv_mol.load_pretrained` before re-exporting its weights. Weights are not changed; the vectors
+    are buffers, so they are saved with the state_dict.
+
+    :param torch.nn.Module module: a network or a reconstructor containing networks.
+    :param int n_iter: maximum power iterations per layer.
+    :param float tol: relative tolerance on the norm estimates.
+    :return: dict mapping each updated submodule's name (``""`` for ``module`` itself) to the dict returned by
+        its ``update_normalisation``.
+
+    :Examples:
+
+    >>> import torch
+    >>> from deepinv_mol.models import ShallowEquilibrium
+    >>> from deepinv_mol.models.conv_norm import converge_power_vectors
+    >>> R = ShallowEquilibrium(channels=1, width=4)
+    >>> info = converge_power_vectors(torch.nn.ModuleList([R]), n_iter=500, tol=1e-6)
+    >>> list(info), info["0"]["converged"]
+    (['0'], True)
+    """
+    out = {}
+    for name, sub in module.named_modules():
+        update = getattr(sub, "update_normalisation", None)
+        if callable(update) and getattr(sub, "constraint", "strict") == "strict":
+            out[name] = update(n_iter=n_iter, tol=tol)
+    return out
