@@ -137,8 +137,10 @@ def conv_norm_bound(
     """
     if not isinstance(weight, torch.Tensor) or weight.ndim not in (4, 5):
         raise ValueError("conv_norm_bound expects a kernel tensor (C_out, C_in, k, k) or (C_out, C_in, k, k, k)")
-    if tol <= 0:
-        raise ValueError(f"tol must be positive, got {tol}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a positive finite float, got {tol!r}")
+    if not (isinstance(max_cells, int) and max_cells >= 1 and isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"max_cells and chunk must be positive ints, got {max_cells!r}, {chunk!r}")
     w = weight.detach().to("cpu", torch.float64)
     dims = w.ndim - 2
     offsets, taps = _kernel_taps(w)
@@ -242,8 +244,17 @@ def power_iteration(weight: Tensor, u: Tensor, n_iter: int = 1, tol: float = 0.0
     >>> round(power_iteration(w, u, n_iter=3).sigma, 6)
     2.0
     """
-    if n_iter < 1:
-        raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
+        raise ValueError(f"n_iter must be an int >= 1, got {n_iter!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative finite float, got {tol!r}")
+    if not isinstance(weight, Tensor) or weight.ndim not in (4, 5) or weight.shape[-1] % 2 == 0:
+        raise ValueError("power_iteration expects a kernel tensor (C_out, C_in, k, k[, k]) with odd k")
+    if not isinstance(u, Tensor) or u.ndim != weight.ndim or u.shape[:2] != (1, weight.shape[1]):
+        raise ValueError(
+            f"power_iteration expects u of shape (1, {weight.shape[1]}, *grid) for this kernel, "
+            f"got {tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}"
+        )
     w = weight.detach()
     x = u.to(w.dtype)
     old = float(torch.linalg.vector_norm(_conv(x, w)))
