@@ -56,8 +56,12 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from deepinv.physics import LinearPhysics, Physics
 
 __all__ = [
     "LipschitzEstimate",
@@ -101,7 +105,7 @@ class LipschitzEstimate:
 
 
 def estimate_lipschitz(
-    network,
+    network: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     n_iter: int = 50,
     tol: float = 1e-4,
@@ -292,8 +296,8 @@ class GuaranteeReport:
 
 
 def certify(
-    model,
-    physics=None,
+    model: torch.nn.Module,
+    physics: LinearPhysics | None = None,
     x: torch.Tensor | tuple | None = None,
     norm_iter: int = 200,
     norm_tol: float = 1e-6,
@@ -425,7 +429,9 @@ def certify(
 
 
 @torch.no_grad()
-def equation_residual(model, physics, y: torch.Tensor, x_hat: torch.Tensor | None = None) -> float:
+def equation_residual(
+    model: torch.nn.Module, physics: LinearPhysics, y: torch.Tensor, x_hat: torch.Tensor | None = None
+) -> float:
     r"""Relative residual of MOL's fixed-point equation at a reconstruction,
     :math:`\max_i \|F(x_i) + \lambda A^H(Ax_i - y_i)\| / \|x_i\|` with :math:`F = I - H` (``model.denoiser``)
     and :math:`\lambda` = ``model.lambda_``; by fact 5 of the module docstring,
@@ -470,8 +476,8 @@ class WorstCasePerturbation:
 
 
 def worst_case_perturbation(
-    model,
-    physics,
+    model: Callable[..., torch.Tensor],
+    physics: Physics,
     y: torch.Tensor,
     eps: float,
     steps: int = 20,
@@ -521,7 +527,7 @@ def worst_case_perturbation(
 
 
 @contextmanager
-def _tighter_solver(model, solver_tol: float | None):
+def _tighter_solver(model, solver_tol: float | None) -> Iterator[None]:
     saved = {}
     tol = getattr(model, "tol", None)
     if solver_tol is not None and isinstance(tol, (int, float)) and not isinstance(tol, bool) and solver_tol < tol:

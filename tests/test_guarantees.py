@@ -277,17 +277,19 @@ def test_certified_distance_to_fixed_point_on_ill_conditioned_problem(rng):
 def test_small_eps_amplification_measured_with_a_tighter_solve(rng):
     n, lam = 8, 5.0
     physics = mri(rng, n)
-    net = MonotoneCNN(width=4, depth=3, lipschitz=0.95).eval()
+    net = MonotoneCNN(width=4, depth=2, lipschitz=0.8).eval()
     model = MOL(denoiser=net, lambda_=lam, tol=1e-3, max_iter=300, warn=False).eval()
     y = physics(torch.rand(1, 2, n, n, generator=rng) + 0.5)
-    eps = 1e-4 * y.norm().item()
+    eps = 1e-3 * y.norm().item()
     start = torch.randn(y.shape, generator=rng)
     loose = worst_case_perturbation(model, physics, y, eps=eps, steps=1, init=start, solver_tol=None)
     tight = worst_case_perturbation(model, physics, y, eps=eps, steps=1, init=start)
     assert model.tol == 1e-3 and model.max_iter == 300  # restored
-    reference = MOL(denoiser=net, lambda_=lam, tol=1e-9, max_iter=2000, cg_iter=30, cg_tol=1e-12, warn=False).eval()
+    # float32 floor: the reference solve stalls near 2e-7, so ask for 5e-7
+    reference = MOL(denoiser=net, lambda_=lam, tol=5e-7, max_iter=300, cg_iter=30, cg_tol=1e-10).eval()
     with torch.no_grad():
         delta = tight.delta
         exact = ((reference(y + delta, physics) - reference(y, physics)).norm() / delta.norm()).item()
-    assert abs(tight.value - exact) <= 0.02 * exact
-    print(f"amplification at eps = 1e-4 ||y||: loose solve {loose.value:.4f}, auto {tight.value:.4f}, reference {exact:.4f}")
+    assert reference.stats["converged"]
+    assert abs(tight.value - exact) <= 0.01 * exact
+    print(f"amplification at eps = 1e-3 ||y||: loose solve {loose.value:.4f}, auto {tight.value:.4f}, reference {exact:.4f}")

@@ -26,7 +26,7 @@ def test_rebuilt_from_config_gives_identical_outputs(cls, kwargs, shape):
     with torch.no_grad():  # move away from the constructor's weights
         for p in net.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    if hasattr(net, "update_normalisation") and net.constraint == "strict":
+    if hasattr(net, "update_normalisation") and getattr(net, "constraint", "strict") == "strict":
         net.update_normalisation()
     cfg = net.get_config()
     assert "device" not in cfg

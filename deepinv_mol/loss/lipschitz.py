@@ -70,7 +70,7 @@ class LipschitzPenalty(Loss):
         network: torch.nn.Module | None = None,
         radius: float = 1e-2,
         generator: torch.Generator | None = None,
-    ):
+    ) -> None:
         super().__init__()
         for name, value in (("threshold", threshold), ("eps", eps), ("weight", weight), ("tol", tol), ("radius", radius)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):

@@ -126,13 +126,13 @@ class MonotoneCNN(nn.Module):
         dims: int = 2,
         kernel_size: int = 3,
         bias: bool = True,
-        power_size=None,
+        power_size: int | tuple[int, ...] | list[int] | None = None,
         n_power_iterations: int = 1,
         certificate_tol: float = 1e-3,
         init: str = "default",
         activation: str = "relu",
-        device="cpu",
-    ):
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         _check_int("channels", channels, 1)
         _check_int("width", width, 1)
@@ -236,7 +236,7 @@ class MonotoneCNN(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
-    def _identity_init(self, noise: float = 0.01, offset: float = 2.0):
+    def _identity_init(self, noise: float = 0.01, offset: float = 2.0) -> None:
         # H(x) = T x through the ReLUs by a bias offset B: layer 1 computes s x + B (positive for |x| < B/s), the
         # hidden layers copy it (ReLU leaves positive values alone), the last one removes s^(L-1) B; each layer
         # is a centred delta kernel of norm 1, scaled by s = T^(1/L) by the constraint, so the certified
@@ -336,7 +336,7 @@ class MonotoneCNN(nn.Module):
         return [c.weight * (s / nu) for c, nu in zip(self.convs, nus)]
 
     # ------------------------------------------------------------------ public API
-    def forward(self, x: Tensor, sigma=None, *args, **kwargs) -> Tensor:
+    def forward(self, x: Tensor, sigma: float | Tensor | None = None, *args, **kwargs) -> Tensor:
         r"""Apply :math:`H_\theta`.
 
         :param torch.Tensor x: ``(B, channels, H, W)`` (``dims=2``) or ``(B, channels, D, H, W)`` (``dims=3``).

@@ -151,7 +151,7 @@ class ShallowEquilibrium(Denoiser):
         power_size: int | None = None,
         warn: bool = True,
         device: str | torch.device = "cpu",
-    ):
+    ) -> None:
         super().__init__()
         for name, value in (("channels", channels), ("width", width), ("depth", depth), ("max_iter", max_iter),
                             ("backward_max_iter", backward_max_iter)):
@@ -341,7 +341,7 @@ class ShallowEquilibrium(Denoiser):
         """
         return v + self.readout(z)
 
-    def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
+    def forward(self, x: Tensor, sigma: float | Tensor | None = None, **kwargs) -> Tensor:
         r"""Apply :math:`R(x) = x + C z^\star(x)`.
 
         :param torch.Tensor x: image ``(B, channels, H, W)`` (``dims=2``) or ``(B, channels, D, H, W)`` (``dims=3``).
@@ -412,7 +412,9 @@ class FeedForwardRegularizer(nn.Module):
     torch.Size([2, 1, 16, 16])
     """
 
-    def __init__(self, channels: int = 2, width: int = 64, depth: int = 20, dims: int = 2, device="cpu"):
+    def __init__(
+        self, channels: int = 2, width: int = 64, depth: int = 20, dims: int = 2, device: str | torch.device = "cpu"
+    ) -> None:
         super().__init__()
         for name, value in (("channels", channels), ("width", width)):
             if not isinstance(value, int) or value < 1:
@@ -446,7 +448,7 @@ class FeedForwardRegularizer(nn.Module):
         r"""Receptive field (pixels per axis) of the network: :math:`2\,\mathrm{depth}+1`."""
         return 2 * self.depth + 1
 
-    def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
+    def forward(self, x: Tensor, sigma: float | Tensor | None = None, **kwargs) -> Tensor:
         r"""Apply :math:`R(x) = x + \mathrm{CNN}_\theta(x)`.
 
         :param torch.Tensor x: image ``(B, channels, *spatial)``.
