@@ -9,7 +9,7 @@ MOL's score is :math:`F = I - H_\theta`. If :math:`\mathrm{Lip}(H_\theta) \le T 
 so :math:`F` is :math:`m`-monotone with :math:`m = 1 - T`. :class:`MonotoneCNN` enforces
 :math:`\mathrm{Lip}(H_\theta) \le T` by normalising each convolution by its operator norm *as a
 convolution*, and :meth:`MonotoneCNN.lipschitz_bound` certifies the result with
-:func:`conv_norm_bound`, a rigorous upper bound of a convolution's operator norm valid for every image size.
+:func:`~deepinv_mol.models.conv_norm.conv_norm_bound`, a rigorous upper bound of a convolution's operator norm valid for every image size.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .conv_norm import CertifiedNorms, ConvNormBound, WeightsSnapshot, conv_norm_bound, power_iteration, power_norm
+from .conv_norm import CertifiedNorms, WeightsSnapshot, conv_norm_bound, power_iteration, power_norm
 
-# conv_norm_bound / ConvNormBound live in .conv_norm; re-exported here (their historical home)
-__all__ = ["MonotoneCNN", "conv_norm_bound", "ConvNormBound"]
+__all__ = ["MonotoneCNN"]
 
 _CONV = {2: F.conv2d, 3: F.conv3d}
 
@@ -43,7 +42,7 @@ class MonotoneCNN(nn.Module):
     **strict**: layer :math:`i` applies :math:`\tilde W_i = s\,W_i/\nu_i` with :math:`s = T^{1/\mathrm{depth}}`
     (:math:`T` = ``lipschitz``) and :math:`\nu_i` the operator norm of the convolution :math:`W_i`:
 
-    * :math:`\nu_i = R_i`, the certified bound of :func:`conv_norm_bound` on the current weights, **in both
+    * :math:`\nu_i = R_i`, the certified bound of :func:`~deepinv_mol.models.conv_norm.conv_norm_bound` on the current weights, **in both
       modes**: :math:`\|\tilde W_i\| \le s` rigorously, so :math:`\mathrm{Lip}(H) \le \prod_i s = T` holds for
       the network every forward applies, at every training step (not only at export), and the training and
       evaluation networks are the same map. :math:`R_i` is cached for exactly the weights it was computed for
@@ -59,7 +58,7 @@ class MonotoneCNN(nn.Module):
       certificate. (Torch's ``spectral_norm`` normalises the reshaped ``C_out x (C_in k^2)`` matrix, which does
       not bound the convolution.)
 
-    **Cost.** One :func:`conv_norm_bound` per layer per optimiser step (branch and bound over frequencies,
+    **Cost.** One :func:`~deepinv_mol.models.conv_norm.conv_norm_bound` per layer per optimiser step (branch and bound over frequencies,
     batched SVDs of ``width x width`` matrices). Measured on one CPU thread, width 32, depth 5,
     ``certificate_tol=1e-3``: 0.2-1.3 s per hidden layer, about 1-2.5 s per step; width 8: about 0.05 s per step.
     Before this version, training used :math:`\nu_i = \hat\sigma_i` and its certified bound exceeded :math:`T`
@@ -94,7 +93,7 @@ class MonotoneCNN(nn.Module):
     :param bool bias: use biases.
     :param int, tuple power_size: spatial size of the power-iteration vectors (default 32 in 2D, 16 in 3D).
     :param int n_power_iterations: power steps per weight change in training mode (they only shape the gradient).
-    :param float certificate_tol: relative tolerance of :func:`conv_norm_bound`.
+    :param float certificate_tol: relative tolerance of :func:`~deepinv_mol.models.conv_norm.conv_norm_bound`.
     :param str init: ``"default"`` (PyTorch's) or ``"identity"``: centred delta kernels and biases that make
         :math:`H(x) = T x` for :math:`|x| < 2` (layer 1 adds 2, the last removes it, ReLUs see positive values;
         needs ``bias=True``), plus PyTorch's random kernels times 0.01.
@@ -306,7 +305,7 @@ class MonotoneCNN(nn.Module):
             self._power_snapshot.take(self._kernels())
 
     def certified_norms(self) -> list[float]:
-        r"""Certified operator norms :math:`R_i` (:func:`conv_norm_bound`, any image size) of the raw kernels,
+        r"""Certified operator norms :math:`R_i` (:func:`~deepinv_mol.models.conv_norm.conv_norm_bound`, any image size) of the raw kernels,
         cached for exactly the current weight values.
 
         :return: list of floats.
@@ -382,7 +381,7 @@ class MonotoneCNN(nn.Module):
     def lipschitz_bound(self) -> float | None:
         r"""Certified upper bound of :math:`\mathrm{Lip}(H_\theta)` (any input size), or ``None`` for ``penalty``.
 
-        :math:`\prod_i \|\tilde W_i\| \le \prod_i s R_i/\nu_i` with :math:`R_i` from :func:`conv_norm_bound`
+        :math:`\prod_i \|\tilde W_i\| \le \prod_i s R_i/\nu_i` with :math:`R_i` from :func:`~deepinv_mol.models.conv_norm.conv_norm_bound`
         (computed to ``certificate_tol``) on the current weights, for the network as the forward applies it
         now: :math:`T` (the ``lipschitz`` argument) up to rounding, in training and evaluation mode alike,
         and after any change of the weights (the cache is checked by value).
