@@ -213,6 +213,7 @@ def test_shipped_models_load_and_strict_certificate_holds(task):
         assert net.lipschitz_bound() <= net.lipschitz * (1 + 1e-6) < 1
     assert load_pretrained("mol-penalty", task).denoiser.lipschitz_bound() is None
     assert all(isinstance(r, ShallowEquilibrium) for r in load_pretrained("luser", task).regularizers)
+    assert load_pretrained("modl", task) is not None  # every shipped model loads
 
 
 @pytest.mark.xfail(reason="shipped LUSER weights carry stale power vectors (certified 1.01-1.075) until they are "
