@@ -32,21 +32,43 @@ The facts certified by :func:`certify` (derived here, not taken on trust):
    .. math::
 
        \|x^\star(b_1) - x^\star(b_2)\| \le \min\left(\frac{\lambda\|A\|}{m}, \sqrt{\frac{\lambda}{4m}}\right)\|b_1 - b_2\|.
+
+5. **Distance of a stopped iteration to the fixed point.** For any :math:`x`, let
+   :math:`r(x) = F(x) + \lambda A^H(Ax - b)` (the residual of :math:`(\star)`; :math:`r(x^\star) = 0`).
+   :math:`G = F + \lambda A^HA` is :math:`m`-strongly monotone, so
+   :math:`m\|x - x^\star\|^2 \le \langle G(x) - G(x^\star), x - x^\star\rangle = \langle r(x), x - x^\star\rangle
+   \le \|r(x)\|\,\|x - x^\star\|`, i.e.
+
+   .. math::
+
+       \|x - x^\star\| \le \|F(x) + \lambda A^H(Ax - b)\| / m,
+
+   whatever algorithm produced :math:`x` and however inexactly its data-consistency step was solved. MOL
+   reports :math:`\max_i \|r(x_i)\|/\|x_i\|` as ``stats["equation_residual"]``, so
+   :math:`\|x - x^\star\| \le` ``equation_residual`` :math:`\cdot \|x\|/m`. The stopping tolerance of the
+   iteration (a bound on the last *increment*) is not such a bound: it can be far smaller than the distance
+   (see ``docs/theory.rst``).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from deepinv.physics import LinearPhysics, Physics
 
 __all__ = [
     "LipschitzEstimate",
     "estimate_lipschitz",
     "GuaranteeReport",
     "certify",
+    "equation_residual",
     "WorstCasePerturbation",
     "worst_case_perturbation",
 ]
@@ -78,12 +100,12 @@ class LipschitzEstimate:
     converged: bool
     method: str
 
-    def __float__(self):
+    def __float__(self) -> float:
         return float(self.value)
 
 
 def estimate_lipschitz(
-    network,
+    network: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     n_iter: int = 50,
     tol: float = 1e-4,
@@ -227,6 +249,10 @@ class GuaranteeReport:
     :param dict holds: ``{"monotone", "convergence", "robustness"}`` -> bool.
     :param list reasons: plain-language reasons for every guarantee that does not hold, and caveats.
     :param str mode: ``"eval"`` or ``"train"``: the network mode the bound refers to.
+    :param equation_residual: :math:`\max_i \|F(x_i) + \lambda A^H(Ax_i - b_i)\|/\|x_i\|` at the
+        reconstruction (when ``certify`` was given ``y``), else ``None``.
+    :param fixed_point_distance: certified :math:`\max_i \|x_i - x_i^\star\|/\|x_i\| \le`
+        ``equation_residual`` :math:`/m` (when both are known), else ``None``.
     """
 
     lipschitz_bound: float | None
@@ -240,12 +266,14 @@ class GuaranteeReport:
     holds: dict = field(default_factory=dict)
     reasons: list = field(default_factory=list)
     mode: str = "eval"
+    equation_residual: float | None = None
+    fixed_point_distance: float | None = None
 
     def to_dict(self) -> dict:
         r"""Plain dictionary (JSON-serialisable)."""
         return asdict(self)
 
-    def __str__(self):
+    def __str__(self) -> str:
         def fmt(v):
             return "n/a" if v is None else f"{v:.6g}"
 
@@ -258,6 +286,8 @@ class GuaranteeReport:
             f"  alpha in (0, 1]             : {'yes' if self.step_ok else 'no'}",
             f"  contraction factor per step : {fmt(self.contraction)}",
             f"  robustness ||dx||/||db|| <= : {fmt(self.robustness_bound)}",
+            f"  equation residual (rel.)    : {fmt(self.equation_residual)}",
+            f"  ||x - x*|| / ||x|| <=       : {fmt(self.fixed_point_distance)}",
         ]
         for k, v in self.holds.items():
             lines.append(f"  {k:<28}: {'HOLDS' if v else 'does NOT hold'}")
@@ -266,11 +296,13 @@ class GuaranteeReport:
 
 
 def certify(
-    model,
-    physics=None,
-    x=None,
+    model: torch.nn.Module,
+    physics: LinearPhysics | None = None,
+    x: torch.Tensor | tuple | None = None,
     norm_iter: int = 200,
     norm_tol: float = 1e-6,
+    y: torch.Tensor | None = None,
+    x_hat: torch.Tensor | None = None,
 ) -> GuaranteeReport:
     r"""Certificate of a MOL model: Lipschitz bound, monotonicity, step condition, contraction, robustness.
 
@@ -278,14 +310,21 @@ def certify(
     :class:`deepinv_mol.models.MonotoneCNN`), ``float(model.alpha)`` and ``float(model.lambda_)``, and
     :math:`\|A\|` from ``physics.compute_sqnorm`` at the image shape given by ``x``. Without ``x`` (or
     ``physics``), :math:`\|A\|` is not estimated and the robustness bound is :math:`\sqrt{\lambda/(4m)}`,
-    which does not need it. The bound refers to the network in its current mode (call ``model.eval()``
-    first: in evaluation mode a strict network is normalised by certified norms).
+    which does not need it. The bound refers to the network in its current mode (``mode`` of the report;
+    a strict :class:`~deepinv_mol.models.MonotoneCNN` is normalised by certified norms in both modes).
 
     :param model: a MOL-like reconstructor with ``denoiser``, ``alpha``, ``lambda_``.
     :param deepinv.physics.LinearPhysics physics: forward operator (optional).
     :param x: an image tensor ``(B, C, ...)`` or its shape (tuple), for :math:`\|A\|`.
     :param int norm_iter: power iterations for :math:`\|A\|`.
     :param float norm_tol: tolerance of deepinv's power method.
+    :param torch.Tensor y: measurements (optional, with ``physics``): then the reconstruction's distance to the
+        exact fixed point is certified (fact 5 of the module docstring): ``fixed_point_distance`` =
+        ``equation_residual`` :math:`/m`. The residual is read from ``model.stats["equation_residual"]``
+        after ``model(y, physics)`` when the model reports it, and computed from the model, ``physics`` and
+        ``y`` otherwise.
+    :param torch.Tensor x_hat: the reconstruction to certify (default: ``model(y, physics)``, run here without
+        gradients); when given, its residual is computed here.
     :return: :class:`GuaranteeReport` (``print`` it, or ``to_dict()``).
     """
     for name in ("denoiser", "alpha", "lambda_"):
@@ -328,7 +367,6 @@ def certify(
         reasons.append(
             f"the certified bound Lip(H) <= {lip:.6g} is not below 1: F = I - H is not certified monotone, so "
             "neither uniqueness, convergence nor robustness is guaranteed"
-            + (" (the network is in training mode: call eval(), or update_normalisation())" if mode == "train" else "")
         )
     if monotone:
         margin = 1.0 - lip
@@ -350,10 +388,27 @@ def certify(
                     f"alpha = {alpha:.6g} is out of range: |1 - alpha| + alpha Lip(H) = {contraction:.6g} >= 1, the "
                     f"iteration is not certified to converge; choose alpha in (0, 1] (alpha = 1 gives factor Lip(H))"
                 )
-        reasons.append(
-            "the robustness bound holds for the exact fixed point; a reconstruction stopped at tolerance tol "
-            "is within tol of it"
-        )
+    residual = distance = None
+    if y is not None:
+        if physics is None:
+            raise ValueError("certify: y needs physics (the residual F(x) + lambda A^H(Ax - y) uses A)")
+        residual = equation_residual(model, physics, y, x_hat)
+        if margin is not None:
+            distance = residual / margin
+    if monotone:
+        if distance is not None:
+            reasons.append(
+                f"the robustness bound holds for the exact fixed point x*; the reconstruction x has relative "
+                f"equation residual {residual:.3g}, hence ||x - x*|| <= ||F(x) + lambda A^H(Ax - y)|| / m = "
+                f"{distance:.3g} ||x|| (m = 1 - Lip(H) = {margin:.3g})"
+            )
+        else:
+            reasons.append(
+                "the robustness bound holds for the exact fixed point x*; a reconstruction x stopped early is "
+                "within ||F(x) + lambda A^H(Ax - y)|| / m of it (m = 1 - Lip(H)), not within the solver's tol: "
+                "pass y (and physics) to certify for that distance, or read stats['equation_residual'] "
+                "(||x - x*|| <= equation_residual * ||x|| / m)"
+            )
     convergence = contraction is not None and contraction < 1.0
     holds = {"monotone": monotone, "convergence": convergence, "robustness": robust is not None}
     return GuaranteeReport(
@@ -368,7 +423,37 @@ def certify(
         holds=holds,
         reasons=reasons,
         mode=mode,
+        equation_residual=residual,
+        fixed_point_distance=distance,
     )
+
+
+@torch.no_grad()
+def equation_residual(
+    model: torch.nn.Module, physics: LinearPhysics, y: torch.Tensor, x_hat: torch.Tensor | None = None
+) -> float:
+    r"""Relative residual of MOL's fixed-point equation at a reconstruction,
+    :math:`\max_i \|F(x_i) + \lambda A^H(Ax_i - y_i)\| / \|x_i\|` with :math:`F = I - H` (``model.denoiser``)
+    and :math:`\lambda` = ``model.lambda_``; by fact 5 of the module docstring,
+    :math:`\|x_i - x_i^\star\| \le` (this value) :math:`\cdot\|x_i\|/m`.
+
+    Without ``x_hat`` the model is run (``model(y, physics)``) and its ``stats["equation_residual"]`` is
+    used when present; otherwise (or with ``x_hat``) the residual is computed here.
+
+    :param model: a MOL-like reconstructor (``denoiser``, ``lambda_``, called as ``model(y, physics)``).
+    :param deepinv.physics.LinearPhysics physics: forward operator.
+    :param torch.Tensor y: measurements ``(B, ...)``.
+    :param torch.Tensor x_hat: reconstruction ``(B, ...)`` (optional).
+    :return: float.
+    """
+    if x_hat is None:
+        x_hat = model(y, physics)
+        reported = getattr(model, "stats", None)
+        if isinstance(reported, dict) and reported.get("equation_residual") is not None:
+            return float(reported["equation_residual"])
+    lam = float(model.lambda_)
+    r = x_hat - model.denoiser(x_hat) + lam * physics.A_adjoint(physics.A(x_hat) - y)
+    return float((_per_sample_norm(r) / _per_sample_norm(x_hat).clamp_min(1e-30)).max())
 
 
 @dataclass
@@ -386,19 +471,20 @@ class WorstCasePerturbation:
     value: float
     history: list
 
-    def __float__(self):
+    def __float__(self) -> float:
         return float(self.value)
 
 
 def worst_case_perturbation(
-    model,
-    physics,
+    model: Callable[..., torch.Tensor],
+    physics: Physics,
     y: torch.Tensor,
     eps: float,
     steps: int = 20,
     step_size: float | None = None,
     generator: torch.Generator | None = None,
     init: torch.Tensor | None = None,
+    solver_tol: float | str | None = "auto",
 ) -> WorstCasePerturbation:
     r"""Adversarial measurement perturbation: projected gradient ascent of the reconstruction change.
 
@@ -417,12 +503,47 @@ def worst_case_perturbation(
     :param float step_size: :math:`\tau` (default :math:`\epsilon`).
     :param torch.Generator generator: generator of the random start (on ``y``'s device).
     :param torch.Tensor init: starting direction instead of a random one (rescaled to norm ``eps``).
+    :param float, str solver_tol: during the measurement, the model's ``tol`` (and ``cg_tol``, when it has
+        them) is lowered to at most this value (and ``max_iter`` raised to at least 1000 when it was), then
+        restored. A reconstruction stopped at relative tolerance :math:`\rho` can be off by about
+        :math:`\rho\|x\|/m`, which inflates an amplification measured at small :math:`\epsilon` by up to
+        :math:`2\rho\|x\|/(m\epsilon)` (16 % at ``tol=1e-4`` in one measured case). ``"auto"``:
+        :math:`10^{-3}\epsilon/\max_i\|y_i\|` (at least ``1e-10``), so the solver error scales with the
+        perturbation; ``None``: use the model as given.
     :return: :class:`WorstCasePerturbation` (``float(result)`` is the largest amplification).
     """
     if not isinstance(y, torch.Tensor) or y.ndim < 2:
         raise ValueError("y must be a batched tensor (B, ...)")
-    if eps <= 0 or steps < 1:
-        raise ValueError(f"eps must be positive and steps >= 1, got eps={eps}, steps={steps}")
+    if not (eps > 0 and math.isfinite(eps)) or steps < 1:
+        raise ValueError(f"eps must be positive and finite and steps >= 1, got eps={eps}, steps={steps}")
+    if isinstance(solver_tol, str):
+        if solver_tol != "auto":
+            raise ValueError(f"solver_tol must be 'auto', a positive float or None, got {solver_tol!r}")
+        solver_tol = max(1e-3 * eps / float(_per_sample_norm(y.detach()).max().clamp_min(1e-30)), 1e-10)
+    elif solver_tol is not None and not (solver_tol > 0 and math.isfinite(solver_tol)):
+        raise ValueError(f"solver_tol must be 'auto', a positive finite float or None, got {solver_tol!r}")
+    with _tighter_solver(model, solver_tol):
+        return _worst_case(model, physics, y, eps, steps, step_size, generator, init)
+
+
+@contextmanager
+def _tighter_solver(model, solver_tol: float | None) -> Iterator[None]:
+    saved = {}
+    tol = getattr(model, "tol", None)
+    if solver_tol is not None and isinstance(tol, (int, float)) and not isinstance(tol, bool) and solver_tol < tol:
+        for name, value in (("tol", solver_tol), ("cg_tol", solver_tol), ("max_iter", 1000)):
+            old = getattr(model, name, None)
+            if isinstance(old, (int, float)) and not isinstance(old, bool):
+                saved[name] = old
+                setattr(model, name, type(old)(max(old, value) if name == "max_iter" else min(old, value)))
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            setattr(model, name, old)
+
+
+def _worst_case(model, physics, y, eps, steps, step_size, generator, init) -> WorstCasePerturbation:
     tau = eps if step_size is None else float(step_size)
     y = y.detach()
     with torch.no_grad():

@@ -53,7 +53,7 @@ def test_gradient_matches_exact_spectral_norm_gradient(scale, method, rng):
     assert abs(value.item() - exact_value.item()) <= 1e-4 * abs(exact_value.item())
     rel = ((g - g_exact).norm() / g_exact.norm()).item()
     assert rel < (1e-3 if method == "power" else 5e-3), rel
-    assert pen.last_estimate.converged and pen.last_estimate.iterations < 2000
+    assert pen.stats["converged"] and pen.stats["iterations"] < 2000
 
 
 def test_trainer_call_signature_model_denoiser_and_reduced_batch(rng):
@@ -119,5 +119,5 @@ def test_runs_inside_deepinv_trainer(rng, tmp_path):
     )
     trainer.train()
     after = estimate_lipschitz(net, x[:2], n_iter=60, generator=rng, warn=False).value
-    assert pen.last_estimate is not None
+    assert pen.stats["value"] > 0 and pen.last_estimate is not None
     assert after < before  # the penalty (linear branch, slope 1/e) dominates the supervised loss

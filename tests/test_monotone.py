@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from deepinv_mol.guarantees import estimate_lipschitz
 from deepinv_mol.models import MonotoneCNN
-from deepinv_mol.models.monotone import conv_norm_bound
+from deepinv_mol.models.conv_norm import conv_norm_bound
 
 CONV = {2: F.conv2d, 3: F.conv3d}
 CONV_T = {2: F.conv_transpose2d, 3: F.conv_transpose3d}

@@ -81,7 +81,7 @@ def test_contraction_safeguard_bounds_lipschitz(dims, rng):
     for _ in range(3):  # training-mode calls update the power vectors (10 iterations each)
         with torch.no_grad():
             model(v)
-    model.update_norm_estimates(200)  # an abrupt weight change needs a full power iteration
+    model.update_normalisation(200)  # an abrupt weight change needs a full power iteration
     # certified for every image size: at the target, up to the accuracy of the power iteration's finite grid
     bound = model.lipschitz_bound()
     assert bound < 1.0 and bound <= 0.9 * 1.05
@@ -111,8 +111,8 @@ def test_safeguard_is_active_on_large_weights():
     with torch.no_grad():
         for layer in model.z_convs:
             layer.weight.mul_(20.0)
-    model.update_norm_estimates(100)
-    for raw, normalized in zip(model.z_convs, model.normalized_weights()):
+    model.update_normalisation(100)
+    for raw, normalized in zip(model.z_convs, model.normalised_weights()):
         scale = float(normalized.detach().norm() / raw.weight.detach().norm())
         assert scale < 0.2  # the raw conv had norm > 0.5 ** 0.5 / 0.2: it was rescaled
     assert model.lipschitz_bound() <= 0.5 * 1.02

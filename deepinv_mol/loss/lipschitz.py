@@ -7,7 +7,7 @@ import math
 import torch
 from deepinv.loss import Loss
 
-from ..guarantees import estimate_lipschitz
+from ..guarantees import LipschitzEstimate, estimate_lipschitz
 
 __all__ = ["LipschitzPenalty"]
 
@@ -45,7 +45,8 @@ class LipschitzPenalty(Loss):
     :param float radius: relative perturbation size of the adversarial method.
     :param torch.Generator generator: generator of the random starts.
 
-    After each call ``self.last_estimate`` is the :class:`deepinv_mol.guarantees.LipschitzEstimate`.
+    After each call :attr:`stats` holds the estimate (``value``, ``per_sample``, ``iterations``,
+    ``converged``, ``method``), the project's one name for "what the last call did".
 
     :Examples:
 
@@ -69,10 +70,15 @@ class LipschitzPenalty(Loss):
         network: torch.nn.Module | None = None,
         radius: float = 1e-2,
         generator: torch.Generator | None = None,
-    ):
+    ) -> None:
         super().__init__()
+        for name, value in (("threshold", threshold), ("eps", eps), ("weight", weight), ("tol", tol), ("radius", radius)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite float, got {value!r}")
         if not (0 < eps < threshold):
             raise ValueError(f"need 0 < eps < threshold, got eps={eps}, threshold={threshold}")
+        if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
+            raise ValueError(f"n_iter must be an int >= 1, got {n_iter!r}")
         if method not in ("power", "adversarial"):
             raise ValueError(f"method must be 'power' or 'adversarial', got {method!r}")
         if reduced_batchsize is not None and reduced_batchsize < 1:
@@ -81,7 +87,28 @@ class LipschitzPenalty(Loss):
         self.method, self.n_iter, self.tol = method, n_iter, tol
         self.reduced_batchsize, self.radius, self.generator = reduced_batchsize, radius, generator
         self.network = network
-        self.last_estimate = None
+        self._estimate: LipschitzEstimate | None = None
+
+    @property
+    def stats(self) -> dict:
+        r"""The last call's Lipschitz estimate: ``value`` (batch maximum), ``per_sample`` (list of floats),
+        ``iterations``, ``converged``, ``method``; empty before the first call."""
+        est = self._estimate
+        if est is None:
+            return {}
+        return {
+            "value": float(est.value),
+            "per_sample": [float(v) for v in est.per_sample.detach().reshape(-1)],
+            "iterations": int(est.iterations),
+            "converged": bool(est.converged),
+            "method": est.method,
+        }
+
+    @property
+    def last_estimate(self) -> LipschitzEstimate | None:
+        r"""Deprecated: the last :class:`deepinv_mol.guarantees.LipschitzEstimate`; read :attr:`stats`. Kept
+        because ``docs/examples/demo_guarantees.py`` still reads it."""
+        return self._estimate
 
     def barrier(self, lip: torch.Tensor) -> torch.Tensor:
         r"""The barrier :math:`\psi` applied elementwise (differentiable).
@@ -94,7 +121,16 @@ class LipschitzPenalty(Loss):
         linear = -math.log(self.eps) + (lip - knee) / self.eps
         return torch.where(lip < knee, inside, linear)
 
-    def forward(self, x=None, x_net=None, y=None, physics=None, model=None, epoch=None, **kwargs) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor | None = None,
+        x_net: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        physics=None,
+        model: torch.nn.Module | None = None,
+        epoch: int | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         r"""Penalty at the reconstruction.
 
         :param torch.Tensor x: ground truth (unused).
@@ -126,5 +162,5 @@ class LipschitzPenalty(Loss):
             radius=self.radius,
             warn=False,
         )
-        self.last_estimate = est
+        self._estimate = est
         return self.weight * self.barrier(est.per_sample)

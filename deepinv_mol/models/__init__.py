@@ -7,6 +7,8 @@ _NAMES = {
     "MonotoneCNN": ".monotone",
     "ShallowEquilibrium": ".shallow",
     "FeedForwardRegularizer": ".shallow",
+    "conv_norm_bound": ".conv_norm",
+    "converge_power_vectors": ".conv_norm",
 }
 
 __getattr__, __dir__, __all__ = lazy_names(__name__, _NAMES)

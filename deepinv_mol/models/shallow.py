@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from deepinv.models import Denoiser, DnCNN
 from torch import Tensor, nn
 
-from ..equilibrium import BackwardConfig, equilibrium
-from .monotone import conv_norm_bound
+from ..equilibrium import BackwardConfig, EquilibriumStats, equilibrium
+from .conv_norm import CertifiedNorms, power_iteration, power_norm
 
 __all__ = ["ShallowEquilibrium", "FeedForwardRegularizer"]
 
@@ -63,21 +63,27 @@ class ShallowEquilibrium(Denoiser):
     default) and differentiated implicitly, so training memory does not depend on the number of inner
     iterations.
 
-    **Contraction safeguard.** Each :math:`z`-path convolution is divided by an estimate of its
-    operator norm *as a convolution* (power iteration with ``conv``/``conv_transpose`` on a persistent
-    vector, updated ``power_iterations`` times per call in training mode), so that
-    :math:`\|W_i\| \le \gamma^{1/L}` and
+    **Contraction safeguard.** Each :math:`z`-path convolution :math:`W_i` is applied as
+    :math:`\tilde W_i = W_i \min(1, \gamma^{1/L}/\hat\sigma_i)`, where :math:`\hat\sigma_i` is a power-iteration
+    estimate of its operator norm *as a convolution* (``conv``/``conv_transpose`` on a persistent vector,
+    advanced ``power_iterations`` steps per call in training mode;
+    :func:`deepinv_mol.models.conv_norm.power_iteration`). ReLU is 1-Lipschitz, so
 
     .. math::
 
-        \operatorname{Lip}_z(f) \le \prod_i \|W_i\| \le \gamma < 1
+        \operatorname{Lip}_z(f) \le \prod_i \|\tilde W_i\| \le \prod_i \min(1, \gamma^{1/L}/\hat\sigma_i)\, R_i =: q,
 
-    (ReLU is 1-Lipschitz), up to the accuracy of the power iteration (see :meth:`update_norm_estimates`;
-    the default ``contraction=0.9`` leaves a margin for it). Hence :math:`z \mapsto f(z, v)` is a contraction for every :math:`v`, the
-    fixed point exists, is unique and the plain iteration converges linearly with rate :math:`\gamma`.
-    Torch's ``spectral_norm`` is not used because it normalises the reshaped weight matrix, which does
-    not bound the convolution operator. :meth:`lipschitz_bound` certifies the bound for every image size
-    with :func:`deepinv_mol.models.monotone.conv_norm_bound` (the project's one conv-norm certificate).
+    with :math:`R_i` the certified norm of :func:`deepinv_mol.models.conv_norm.conv_norm_bound`.
+    :meth:`lipschitz_bound` returns this certified contraction factor :math:`q` for the weights and power
+    vectors as they are now (cached by value: any weight change recomputes it). **What is and is not
+    guaranteed:** the power estimate is a lower bound (:math:`\hat\sigma_i \le R_i`), so :math:`q` exceeds the
+    target :math:`\gamma` by the power iteration's shortfall :math:`\prod_i R_i/\hat\sigma_i` (about 0.5 % with
+    converged vectors on the default 32x32 grid; several percent with vectors that lag the weights: 1.01-1.075
+    for the first shipped LUSER weights). ``contraction`` is therefore a *target*, not a certificate: the
+    iteration is a certified contraction, with a unique fixed point and linear convergence at rate :math:`q`,
+    exactly when :meth:`lipschitz_bound` is below 1; converge the vectors with :meth:`update_normalisation`
+    after loading or editing weights. Torch's ``spectral_norm`` is not used because it normalises the
+    reshaped weight matrix, which does not bound the convolution operator.
 
     Statistics of the last call (forward iterations, residual, convergence, and backward counterparts
     once a backward pass ran) are in :attr:`stats`; non-convergence also emits a ``RuntimeWarning``
@@ -104,7 +110,8 @@ class ShallowEquilibrium(Denoiser):
     :param float backward_tol: tolerance of the adjoint fixed point.
     :param int backward_anderson: Anderson history of the adjoint solve (0: plain iteration, which needs
         about 90 iterations for 1e-4 at contraction 0.9).
-    :param int power_iterations: power-iteration steps per call (training mode) for the operator norms.
+    :param int power_iterations: power-iteration steps per call (training mode) for the operator norms
+        (0: the vectors are only updated by :meth:`update_normalisation`).
     :param int power_size: spatial side of the persistent power-iteration vectors (default 32 in 2D, 16 in 3D;
         smaller grids underestimate the operator norm on large images).
     :param bool warn: emit ``RuntimeWarning`` when the inner (or adjoint) solve does not converge.
@@ -144,16 +151,27 @@ class ShallowEquilibrium(Denoiser):
         power_size: int | None = None,
         warn: bool = True,
         device: str | torch.device = "cpu",
-    ):
+    ) -> None:
         super().__init__()
-        for name, value in (("channels", channels), ("width", width), ("depth", depth), ("max_iter", max_iter)):
-            if not isinstance(value, int) or value < 1:
+        for name, value in (("channels", channels), ("width", width), ("depth", depth), ("max_iter", max_iter),
+                            ("backward_max_iter", backward_max_iter)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name, value in (("anderson", anderson), ("backward_anderson", backward_anderson)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        for name, value, low in (("tol", tol, 0.0), ("backward_tol", backward_tol, 0.0), ("beta", beta, None)):
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                    or (value < low if low is not None else value <= 0)):
+                kind = "non-negative" if low is not None else "positive"
+                raise ValueError(f"{name} must be a {kind} finite float, got {value!r}")
+        if power_size is not None and (not isinstance(power_size, int) or isinstance(power_size, bool) or power_size < 1):
+            raise ValueError(f"power_size must be a positive int or None, got {power_size!r}")
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims!r}")
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-        if not 0.0 < contraction < 1.0:
+        if not isinstance(contraction, (int, float)) or not 0.0 < contraction < 1.0:
             raise ValueError(f"contraction must lie in (0, 1) for the inner solve to converge, got {contraction!r}")
         if backward not in ("implicit", "jfb"):
             raise ValueError(f"backward must be 'implicit' or 'jfb', got {backward!r}")
@@ -168,7 +186,8 @@ class ShallowEquilibrium(Denoiser):
         )
         self.power_iterations = power_iterations
         self.warn = warn
-        self.last_stats = None  # EquilibriumStats of the last call (backward part filled by the engine's hook)
+        self._solve: EquilibriumStats | None = None  # last call's statistics (backward part filled by the engine)
+        self._certified = CertifiedNorms(1e-3)
 
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         pad = kernel_size // 2
@@ -181,77 +200,107 @@ class ShallowEquilibrium(Denoiser):
             self.readout.bias.zero_()
 
         side = power_size if power_size is not None else (32 if dims == 2 else 16)
+        self.power_size = int(side)
         gen = torch.Generator().manual_seed(0)
         for i in range(depth):
             u = torch.randn((1, width) + (side,) * dims, generator=gen)
             self.register_buffer(f"_power_vector_{i}", u / u.norm())
-        with torch.no_grad():
-            self.update_norm_estimates(30)  # start from a good estimate of each operator norm
+        with torch.no_grad():  # start from a good estimate of each operator norm
+            for i in range(depth):
+                power_iteration(self.z_convs[i].weight, getattr(self, f"_power_vector_{i}"), n_iter=30)
         self.to(device)
+
+    def get_config(self) -> dict:
+        r"""Every constructor keyword argument except ``device`` (JSON-serialisable), so that
+        ``ShallowEquilibrium(**R.get_config())`` rebuilds the same architecture (load the state_dict for
+        the same outputs).
+
+        :returns: dict of constructor keyword arguments.
+        """
+        b = self.backward_config
+        return {
+            "channels": int(self.channels),
+            "width": int(self.width),
+            "depth": int(self.depth),
+            "kernel_size": int(self.kernel_size),
+            "dims": int(self.dims),
+            "contraction": float(self.contraction),
+            "max_iter": int(self.max_iter),
+            "tol": float(self.tol),
+            "anderson": int(self.anderson),
+            "beta": float(self.beta),
+            "backward": b.mode,
+            "backward_max_iter": int(b.max_iter),
+            "backward_tol": float(b.tol),
+            "backward_anderson": int(b.anderson),
+            "power_iterations": int(self.power_iterations),
+            "power_size": int(self.power_size),
+            "warn": bool(self.warn),
+        }
 
     # ------------------------------------------------------------------ operator norms
     def _conv(self, x: Tensor, weight: Tensor) -> Tensor:
         return (F.conv2d if self.dims == 2 else F.conv3d)(x, weight, padding=self.kernel_size // 2)
 
-    def _conv_adjoint(self, y: Tensor, weight: Tensor) -> Tensor:
-        # stride 1, odd kernel, same zero padding: conv_transpose is the exact adjoint of _conv
-        return (F.conv_transpose2d if self.dims == 2 else F.conv_transpose3d)(y, weight, padding=self.kernel_size // 2)
-
     @torch.no_grad()
-    def update_norm_estimates(self, n_iter: int = 100) -> None:
-        r"""Run ``n_iter`` power iterations (with ``conv`` / ``conv_transpose``) on the persistent vectors that
-        estimate each :math:`z`-path convolution's operator norm. Training-mode calls run
-        ``power_iterations`` of them, enough to follow slowly changing weights; call this after changing
-        the weights by hand. Power iteration approaches the norm from below, so the safeguard holds up
-        to its accuracy (converged: about 1 % in 2D, 3 % in 3D on the default grids).
+    def update_normalisation(self, n_iter: int = 100, tol: float = 0.0) -> dict:
+        r"""Advance the persistent power vectors that estimate each :math:`z`-path convolution's operator norm
+        (:func:`deepinv_mol.models.conv_norm.power_iteration`, warm-started at the stored vectors): at most
+        ``n_iter`` steps per layer, fewer once the relative change of :math:`\hat\sigma_i` is below ``tol``
+        (``tol=0``: exactly ``n_iter``). Training-mode calls run ``power_iterations`` steps; call this after
+        loading or editing weights, and before exporting them (:meth:`lipschitz_bound` then approaches the
+        target ``contraction`` from above, within the power iteration's shortfall).
 
-        :param int n_iter: number of power iterations per layer.
+        :param int n_iter: maximum power iterations per layer.
+        :param float tol: relative tolerance on the estimates.
+        :returns: dict with ``iterations`` (max over layers), ``converged`` (all layers; ``False`` when
+            ``tol=0``) and ``sigmas``.
         """
-        for i, layer in enumerate(self.z_convs):
-            u = getattr(self, f"_power_vector_{i}")
-            w = layer.weight.detach()
-            for _ in range(n_iter):
-                u = self._conv_adjoint(self._conv(u, w), w)
-                u = u / u.norm().clamp_min(1e-12)
-            getattr(self, f"_power_vector_{i}").copy_(u)
+        results = [
+            power_iteration(layer.weight, getattr(self, f"_power_vector_{i}"), n_iter=n_iter, tol=tol)
+            for i, layer in enumerate(self.z_convs)
+        ]
+        return {
+            "iterations": max(r.iterations for r in results),
+            "converged": tol > 0 and all(r.converged for r in results),
+            "sigmas": [r.sigma for r in results],
+        }
 
-    def _operator_norm(self, i: int, weight: Tensor) -> Tensor:
-        r"""Estimate :math:`\|W u\|` of the operator norm (:math:`u` the persistent top right-singular vector
-        estimate), differentiable in :math:`W`: with :math:`v = Wu/\|Wu\|`, :math:`\|Wu\| = \langle v, Wu\rangle
-        = \langle W, G\rangle` where :math:`G = \partial \langle v, Wu\rangle / \partial W` (kernel-shaped), so
-        autograd keeps only :math:`G`, not the power vectors (training memory independent of ``power_size``)."""
-        u = getattr(self, f"_power_vector_{i}")
-        with torch.no_grad():
-            wu = self._conv(u, weight)
-            v = wu / wu.norm().clamp_min(1e-12)
-            grad_weight = (torch.nn.grad.conv2d_weight if self.dims == 2 else torch.nn.grad.conv3d_weight)
-            g = grad_weight(u, weight.shape, v, padding=self.kernel_size // 2)
-        return (weight * g).sum()
-
-    def normalized_weights(self) -> list[Tensor]:
+    def normalised_weights(self) -> list[Tensor]:
         r"""The :math:`z`-path weights after the contraction safeguard,
-        :math:`W_i \cdot \min(1, \gamma^{1/L} / \|W_i\|)`, differentiable in the raw weights.
+        :math:`W_i \cdot \min(1, \gamma^{1/L} / \hat\sigma_i)`, differentiable in the raw weights
+        (:math:`\hat\sigma_i` from :func:`deepinv_mol.models.conv_norm.power_norm`).
 
         :returns: list of ``depth`` weight tensors.
         """
         target = self.contraction ** (1.0 / self.depth)
         weights = []
         for i, layer in enumerate(self.z_convs):
-            norm = self._operator_norm(i, layer.weight)
+            norm = power_norm(layer.weight, getattr(self, f"_power_vector_{i}"))
             weights.append(layer.weight * (target / torch.clamp(norm, min=target)))
         return weights
 
     @torch.no_grad()
     def lipschitz_bound(self, tol: float = 1e-3) -> float:
-        r"""Certified bound :math:`\operatorname{Lip}_z(f) \le \prod_i \|\tilde W_i\|` for the normalised
-        :math:`z`-path convolutions :math:`\tilde W_i` the forward applies now, each norm bounded by
-        :func:`deepinv_mol.models.monotone.conv_norm_bound` (rigorous, valid for every image size),
-        independently of the training-time power iteration.
+        r"""Certified contraction factor :math:`q \ge \operatorname{Lip}_z(f)` of the map the forward applies now:
+        :math:`\prod_i c_i R_i` with :math:`c_i = \min(1, \gamma^{1/L}/\hat\sigma_i)` the safeguard's scale and
+        :math:`R_i` the certified norm (:func:`deepinv_mol.models.conv_norm.conv_norm_bound`, valid for every
+        image size) of the raw kernel, cached for exactly the current weight values (any change of the
+        weights, including ``.data`` edits, ``load_state_dict`` and ``.to()``, recomputes it).
 
         :param float tol: relative accuracy of each certified norm.
-        :returns: (float) the bound; about ``contraction`` (below 1) when the power iteration has converged.
+        :returns: (float) :math:`q`; the inner iteration is a certified contraction when it is below 1. It is at
+            least ``contraction`` up to ``tol`` whenever the safeguard is active on every layer.
         """
-        return float(math.prod(float(conv_norm_bound(w, tol=tol)) for w in self.normalized_weights()))
+        if self._certified.tol != tol:
+            self._certified = CertifiedNorms(tol)
+        certs = self._certified([layer.weight for layer in self.z_convs])
+        target = self.contraction ** (1.0 / self.depth)
+        q = 1.0
+        for i, (layer, r) in enumerate(zip(self.z_convs, certs)):
+            sigma = float(power_norm(layer.weight, getattr(self, f"_power_vector_{i}")))
+            q *= r * target / max(sigma, target)  # the forward's scale target / clamp(sigma, min=target)
+        return float(q)
 
     # ------------------------------------------------------------------ the equilibrium
     def fixed_point_map(self, v: Tensor) -> Callable[[Tensor], Tensor]:
@@ -263,7 +312,7 @@ class ShallowEquilibrium(Denoiser):
         """
         _check_image(v, self.channels, self.dims, type(self).__name__)
         injection = self.inject(v)
-        weights = self.normalized_weights()
+        weights = self.normalised_weights()
         biases = [layer.bias for layer in self.z_convs]
 
         def f(z: Tensor) -> Tensor:
@@ -292,7 +341,7 @@ class ShallowEquilibrium(Denoiser):
         """
         return v + self.readout(z)
 
-    def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
+    def forward(self, x: Tensor, sigma: float | Tensor | None = None, **kwargs) -> Tensor:
         r"""Apply :math:`R(x) = x + C z^\star(x)`.
 
         :param torch.Tensor x: image ``(B, channels, H, W)`` (``dims=2``) or ``(B, channels, D, H, W)`` (``dims=3``).
@@ -301,7 +350,7 @@ class ShallowEquilibrium(Denoiser):
         """
         _check_image(x, self.channels, self.dims, type(self).__name__)
         if self.training and self.power_iterations > 0:
-            self.update_norm_estimates(self.power_iterations)
+            self.update_normalisation(self.power_iterations)
         f = self.fixed_point_map(x)
         z, stats = equilibrium(
             f,
@@ -314,17 +363,23 @@ class ShallowEquilibrium(Denoiser):
             warn=self.warn,
             name=f"{type(self).__name__} inner solve",
         )
-        self.last_stats = stats
+        self._solve = stats
         return self.decode(z, x)
+
+    @property
+    def last_stats(self) -> EquilibriumStats | None:
+        r"""Deprecated: the engine's :class:`~deepinv_mol.equilibrium.EquilibriumStats` of the last call; read
+        :attr:`stats`. Kept only because :class:`deepinv_mol.optim.LUSER` still reads it."""
+        return self._solve
 
     @property
     def stats(self) -> dict:
         r"""Statistics of the last call: ``iterations``, ``residual``, ``converged``, ``diverged`` of the inner
         solve and, once a backward pass ran, ``backward_iterations``, ``backward_residual``,
         ``backward_converged``; plus ``contraction`` (the target :math:`\gamma`). Empty before the first call."""
-        if self.last_stats is None:
+        if self._solve is None:
             return {}
-        out = dict(self.last_stats.as_dict())
+        out = dict(self._solve.as_dict())
         out["contraction"] = self.contraction
         return out
 
@@ -357,7 +412,9 @@ class FeedForwardRegularizer(nn.Module):
     torch.Size([2, 1, 16, 16])
     """
 
-    def __init__(self, channels: int = 2, width: int = 64, depth: int = 20, dims: int = 2, device="cpu"):
+    def __init__(
+        self, channels: int = 2, width: int = 64, depth: int = 20, dims: int = 2, device: str | torch.device = "cpu"
+    ) -> None:
         super().__init__()
         for name, value in (("channels", channels), ("width", width)):
             if not isinstance(value, int) or value < 1:
@@ -377,12 +434,21 @@ class FeedForwardRegularizer(nn.Module):
                 self.net.out_conv.bias.zero_()
         self.to(device)
 
+    def get_config(self) -> dict:
+        r"""Every constructor keyword argument except ``device``: ``FeedForwardRegularizer(**cfg)`` rebuilds
+        the same architecture.
+
+        :returns: dict of constructor keyword arguments.
+        """
+        return {"channels": int(self.channels), "width": int(self.width), "depth": int(self.depth),
+                "dims": int(self.dims)}
+
     @property
     def receptive_field(self) -> int:
         r"""Receptive field (pixels per axis) of the network: :math:`2\,\mathrm{depth}+1`."""
         return 2 * self.depth + 1
 
-    def forward(self, x: Tensor, sigma=None, **kwargs) -> Tensor:
+    def forward(self, x: Tensor, sigma: float | Tensor | None = None, **kwargs) -> Tensor:
         r"""Apply :math:`R(x) = x + \mathrm{CNN}_\theta(x)`.
 
         :param torch.Tensor x: image ``(B, channels, *spatial)``.
