@@ -330,6 +330,29 @@ class MonotoneCNN(nn.Module):
                     c.weight.mul_(self.layer_scale / float(conv_norm_bound(c.weight, tol=self.certificate_tol)))
         self.to(device)
 
+    def get_config(self) -> dict:
+        r"""Every constructor keyword argument except ``device`` (JSON-serialisable), so that
+        ``MonotoneCNN(**net.get_config())`` rebuilds the same architecture (load the state_dict for the
+        same outputs).
+
+        :return: dict of constructor keyword arguments.
+        """
+        return {
+            "channels": int(self.channels),
+            "width": int(self.width),
+            "depth": int(self.depth),
+            "constraint": self.constraint,
+            "lipschitz": float(self.lipschitz),
+            "dims": int(self.dims),
+            "kernel_size": int(self.kernel_size),
+            "bias": self.convs[0].bias is not None,
+            "power_size": list(self.power_size),
+            "n_power_iterations": int(self.n_power_iterations),
+            "certificate_tol": float(self.certificate_tol),
+            "init": self.init,
+            "activation": self.activation,
+        }
+
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
     def _identity_init(self, noise: float = 0.01, offset: float = 2.0):

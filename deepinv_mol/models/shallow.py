@@ -181,6 +181,7 @@ class ShallowEquilibrium(Denoiser):
             self.readout.bias.zero_()
 
         side = power_size if power_size is not None else (32 if dims == 2 else 16)
+        self.power_size = int(side)
         gen = torch.Generator().manual_seed(0)
         for i in range(depth):
             u = torch.randn((1, width) + (side,) * dims, generator=gen)
@@ -188,6 +189,34 @@ class ShallowEquilibrium(Denoiser):
         with torch.no_grad():
             self.update_norm_estimates(30)  # start from a good estimate of each operator norm
         self.to(device)
+
+    def get_config(self) -> dict:
+        r"""Every constructor keyword argument except ``device`` (JSON-serialisable), so that
+        ``ShallowEquilibrium(**R.get_config())`` rebuilds the same architecture (load the state_dict for
+        the same outputs).
+
+        :returns: dict of constructor keyword arguments.
+        """
+        b = self.backward_config
+        return {
+            "channels": int(self.channels),
+            "width": int(self.width),
+            "depth": int(self.depth),
+            "kernel_size": int(self.kernel_size),
+            "dims": int(self.dims),
+            "contraction": float(self.contraction),
+            "max_iter": int(self.max_iter),
+            "tol": float(self.tol),
+            "anderson": int(self.anderson),
+            "beta": float(self.beta),
+            "backward": b.mode,
+            "backward_max_iter": int(b.max_iter),
+            "backward_tol": float(b.tol),
+            "backward_anderson": int(b.anderson),
+            "power_iterations": int(self.power_iterations),
+            "power_size": int(self.power_size),
+            "warn": bool(self.warn),
+        }
 
     # ------------------------------------------------------------------ operator norms
     def _conv(self, x: Tensor, weight: Tensor) -> Tensor:
@@ -376,6 +405,15 @@ class FeedForwardRegularizer(nn.Module):
             if self.net.out_conv.bias is not None:
                 self.net.out_conv.bias.zero_()
         self.to(device)
+
+    def get_config(self) -> dict:
+        r"""Every constructor keyword argument except ``device``: ``FeedForwardRegularizer(**cfg)`` rebuilds
+        the same architecture.
+
+        :returns: dict of constructor keyword arguments.
+        """
+        return {"channels": int(self.channels), "width": int(self.width), "depth": int(self.depth),
+                "dims": int(self.dims)}
 
     @property
     def receptive_field(self) -> int:
