@@ -19,13 +19,14 @@ SLICES = (8, 24)  # indices in the embedded test split
 SIZE = 64
 
 
-def reference_problem(task_name: str):
-    """``(physics, x, y)``: two embedded test slices at 64 x 64, measurements with seeded 1 % noise."""
+def reference_problem(task_name: str, size: int = SIZE):
+    """``(physics, x, y)``: two embedded test slices at ``size`` x ``size`` (64 for the reference figures),
+    measurements with seeded 1 % noise."""
     from deepinv_mol.data import load_embedded, resize_images
     from deepinv_mol.tasks import get_task
 
     task = get_task(task_name)
-    mag = resize_images(load_embedded("test").images[list(SLICES)], (SIZE, SIZE)).clamp(0, 1)
+    mag = resize_images(load_embedded("test").images[list(SLICES)], (size, size)).clamp(0, 1)
     if task.channels == 2:
         x = torch.stack([mag, torch.zeros_like(mag)], dim=1)
     else:
