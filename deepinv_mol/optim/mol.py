@@ -12,6 +12,7 @@ from deepinv.models import Reconstructor
 from deepinv.optim.linear import conjugate_gradient
 
 from ..equilibrium import BackwardConfig, EquilibriumStats, equilibrium
+from .data_consistency import start_image
 
 __all__ = ["MOL", "cg_start"]
 
@@ -31,16 +32,9 @@ def _inv_softplus(v: float) -> float:
     return v + math.log(-math.expm1(-v))
 
 
-@torch.no_grad()
 def cg_start(y: Tensor, physics, max_iter: int = 20, eps: float = 1e-2) -> Tensor:
-    r"""Starting image of MOL (and of the MoDL baseline built by :func:`deepinv_mol.pretrained.build_model`):
-    ``max_iter`` CG iterations on :math:`(A^HA + \epsilon I)x = A^Hy` from zero, or :math:`A^Hy` when
-    ``max_iter=0``. Not differentiated (a fixed, data-only start).
-
-    Why MoDL gets it too: deepinv's MoDL starts from :math:`A^Hy`, whose scale is that of :math:`A^HA`
-    (about 40-100x the image for the radial NUFFT of ``mri-radial-4x``, units of summed line integrals for
-    CT); its first proximal step and denoiser then see an image off by that factor. Starting both
-    algorithms from the same image compares the algorithms, not their initialisations.
+    r"""Deprecated alias of :func:`deepinv_mol.optim.data_consistency.start_image` (old argument order
+    ``max_iter, eps``), kept until every caller has moved.
 
     :param torch.Tensor y: measurements.
     :param deepinv.physics.LinearPhysics physics: forward operator.
@@ -48,10 +42,7 @@ def cg_start(y: Tensor, physics, max_iter: int = 20, eps: float = 1e-2) -> Tenso
     :param float eps: Tikhonov weight :math:`\epsilon` (absolute).
     :return: the starting image, shaped like :math:`A^Hy`.
     """
-    aty = physics.A_adjoint(y)
-    if int(max_iter) == 0:
-        return aty
-    return conjugate_gradient(lambda u: physics.A_adjoint_A(u) + eps * u, aty, max_iter=int(max_iter), tol=1e-6)
+    return start_image(y, physics, eps=eps, max_iter=max_iter)
 
 
 class _DataConsistency(torch.autograd.Function):
