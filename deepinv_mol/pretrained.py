@@ -212,9 +212,9 @@ def default_config(name: str, channels: int = 2, data_weight: float = 10.0) -> d
     :Examples:
 
     >>> from deepinv_mol.pretrained import default_config
-    >>> cfg = default_config("modl", channels=1, data_weight=0.05)
+    >>> cfg = default_config("modl", channels=1, data_weight=2.0)
     >>> sorted(cfg), cfg["modl"]["stepsize"], cfg["modl"]["min_stepsize"], cfg["cnn"]["constraint"]
-    (['cnn', 'modl'], 0.05, 0.005, 'penalty')
+    (['cnn', 'modl'], 2.0, 0.2, 'penalty')
     """
     _check_name(name, LEARNED_MODELS)
     cnn = {"channels": int(channels), "width": 32, "depth": 5, "init": "identity"}
