@@ -19,6 +19,7 @@ import weakref
 
 import torch
 from deepinv.models import MoDL, Reconstructor
+from deepinv.physics import LinearPhysics
 from torch import Tensor, nn
 
 from .data_consistency import regularised_solve, start_image
@@ -124,7 +125,7 @@ class MoDLBaseline(MoDL):
         for step in self.params_algo["stepsize"]:
             step.clamp_(min=self.min_stepsize)
 
-    def start(self, y: Tensor, physics) -> Tensor:
+    def start(self, y: Tensor, physics: LinearPhysics) -> Tensor:
         r"""The start image :math:`x_0` (see the class docstring).
 
         :param torch.Tensor y: measurements.
@@ -132,8 +133,15 @@ class MoDLBaseline(MoDL):
         """
         return start_image(y, physics, eps=self.init_eps, max_iter=self.init_max_iter)
 
-    def forward(self, y: Tensor, physics, init=None, x_gt: Tensor | None = None, compute_metrics: bool = False,
-                **kwargs):
+    def forward(
+        self,
+        y: Tensor,
+        physics: LinearPhysics,
+        init: Tensor | tuple | dict | None = None,
+        x_gt: Tensor | None = None,
+        compute_metrics: bool = False,
+        **kwargs,
+    ) -> Tensor | tuple[Tensor, dict]:
         r"""Run the unrolled network (deepinv's ``BaseOptim.forward`` conventions).
 
         :param torch.Tensor y: measurements.
@@ -176,7 +184,7 @@ class AdjointReconstruction(Reconstructor):
     (torch.Size([1, 1, 8, 8]), {'iterations': None, 'converged': True}, {})
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.stats: dict = {"iterations": None, "converged": None}
 
@@ -187,7 +195,7 @@ class AdjointReconstruction(Reconstructor):
         """
         return {}
 
-    def forward(self, y: Tensor, physics, **kwargs) -> Tensor:
+    def forward(self, y: Tensor, physics: LinearPhysics, **kwargs) -> Tensor:
         r"""Return :math:`c\,A^H y`.
 
         :param torch.Tensor y: measurements.
@@ -251,7 +259,7 @@ class CGReconstruction(Reconstructor):
         """
         return {"eps": self.eps, "max_iter": self.max_iter, "tol": self.tol}
 
-    def sqnorm(self, physics, like: Tensor) -> float:
+    def sqnorm(self, physics: LinearPhysics, like: Tensor) -> float:
         r""":math:`\|A\|^2` of ``physics`` on images shaped like ``like`` (cached per physics object and shape).
 
         :param deepinv.physics.LinearPhysics physics: forward operator.
@@ -271,7 +279,7 @@ class CGReconstruction(Reconstructor):
             cache[key] = value
         return cache[key]
 
-    def forward(self, y: Tensor, physics, **kwargs) -> Tensor:
+    def forward(self, y: Tensor, physics: LinearPhysics, **kwargs) -> Tensor:
         r"""Solve the regularised normal equations.
 
         :param torch.Tensor y: measurements.
@@ -290,7 +298,7 @@ class FBPReconstruction(Reconstructor):
     After a call, ``stats = {"iterations": None, "converged": True}`` (direct method, nothing iterated).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.stats: dict = {"iterations": None, "converged": None}
 
@@ -301,7 +309,7 @@ class FBPReconstruction(Reconstructor):
         """
         return {}
 
-    def forward(self, y: Tensor, physics, **kwargs) -> Tensor:
+    def forward(self, y: Tensor, physics: LinearPhysics, **kwargs) -> Tensor:
         r"""Return the FBP image.
 
         :param torch.Tensor y: sinogram.
