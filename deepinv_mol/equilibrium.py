@@ -55,6 +55,10 @@ class SolverStats:
     :param bool diverged: the solve stopped because the residual became non-finite or grew by more than
         ``divergence_factor``.
     :param list history: the relative residual (maximum over the batch) at every iteration.
+    :param list initial_residuals: per batch item, the absolute residual of the starting point (filled by
+        solvers that compute it anyway, e.g. the CG of :mod:`deepinv_mol.optim.data_consistency`:
+        :math:`\|b - Mx_0\|`); ``None`` otherwise.
+    :param int restarts: Anderson restarts after a stall (:func:`fixed_point`).
     """
 
     iterations: int
@@ -62,6 +66,8 @@ class SolverStats:
     converged: bool
     diverged: bool = False
     history: list[float] = field(default_factory=list)
+    initial_residuals: list[float] | None = None
+    restarts: int = 0
 
     def as_dict(self, prefix: str = "") -> dict:
         r"""The statistics as a flat dict.
@@ -188,6 +194,8 @@ def fixed_point(
     ridge: float = 1e-4,
     divergence_factor: float = 1e4,
     stop_on_divergence: bool = True,
+    residual: Callable[[Tensor, Tensor], Tensor] | None = None,
+    stall_patience: int | None = None,
 ) -> tuple[Tensor, SolverStats]:
     r"""Solve :math:`z = f(z)` from ``z0`` by plain or Anderson-accelerated iteration.
 
@@ -202,9 +210,19 @@ def fixed_point(
     met the tolerance (or at its smallest absolute residual if it never did), so items of a batch do not
     influence each other's result.
 
+    *Own residual* (``residual`` given): ``residual(z_k, f(z_k))`` returns the per-item absolute residual
+    ``(B,)`` of :math:`z_k` itself for an equation whose solutions are the fixed points (MOL reads it
+    off its data-consistency solve at no cost); then :math:`r_k` is that value over
+    :math:`\|z_k\| + 10^{-12}` and the returned value is :math:`z_k`, the point the residual certifies.
+
     *Anderson acceleration* (``anderson=m > 0``) combines the last ``m`` iterates:
     :math:`z_{k+1} = \beta \sum_i c_i f(z_i) + (1-\beta) \sum_i c_i z_i` with coefficients of the
     ridge-regularised least-squares problem :math:`\min_{\sum c_i = 1} \|\sum_i c_i (f(z_i) - z_i)\|^2`.
+    *Safeguard*: when an unfinished item has not improved its smallest absolute residual for
+    ``stall_patience`` iterations (default ``2 m``), the history is cleared, the next iterate is the plain
+    step :math:`f(z_{best})` from each item's best point, and the next ``m`` steps are plain iterations
+    (``stats.restarts`` counts these restarts). A stalled Anderson then costs at most ``stall_patience``
+    iterations before it falls back to the plain iteration from the best point seen.
 
     *Divergence*: the relative residual alone cannot see a linear expansion (for :math:`f(z) = 2z` it
     stays at 1/2), so the solve also watches the absolute residual :math:`\|f(z_k) - z_k\|`: if it is
@@ -216,7 +234,7 @@ def fixed_point(
     (as :func:`equilibrium` does) so that memory does not depend on the number of iterations.
 
     :param Callable f: the map, tensor to tensor of the same shape (any shape; dimension 0 is the batch).
-    :param torch.Tensor z0: starting point.
+    :param torch.Tensor z0: starting point (a non-empty batch).
     :param int max_iter: maximum number of evaluations of ``f``.
     :param float tol: relative-residual tolerance.
     :param int anderson: Anderson history size ``m`` (0: plain iteration).
@@ -225,6 +243,8 @@ def fixed_point(
     :param float divergence_factor: growth of the absolute residual over its minimum that counts as
         divergence.
     :param bool stop_on_divergence: stop the solve when divergence is detected.
+    :param Callable residual: optional ``(z, f(z)) -> (B,)`` absolute residual of ``z`` (see above).
+    :param int stall_patience: iterations without improvement before an Anderson restart (default ``2 m``).
     :return: ``(z, stats)``: the solution estimate (same shape as ``z0``) and a :class:`SolverStats`.
 
     :Examples:
@@ -237,6 +257,11 @@ def fixed_point(
     """
     if not isinstance(z0, Tensor):
         raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
+    if z0.ndim > 0 and z0.shape[0] == 0:
+        raise ValueError(f"z0 is an empty batch (shape {tuple(z0.shape)}): nothing to solve")
+    for name, value in (("max_iter", max_iter), ("anderson", anderson)):
+        if isinstance(value, bool) or int(value) != value:
+            raise TypeError(f"{name} must be an integer, got {value!r}")
     max_iter = int(max_iter)
     anderson = int(anderson)
     if max_iter < 1:
@@ -249,25 +274,40 @@ def fixed_point(
         raise ValueError(f"beta must be in (0, 1], got {beta}")
     if not divergence_factor > 1.0:
         raise ValueError(f"divergence_factor must be > 1, got {divergence_factor}")
+    patience = 2 * anderson if stall_patience is None else int(stall_patience)
+    if anderson > 0 and patience < 1:
+        raise ValueError(f"stall_patience must be >= 1, got {stall_patience}")
 
     z = z0
     batch = 1 if z0.ndim == 0 else z0.shape[0]
     device = z0.device
-    best = z0.clone()  # per item: f(z_k) at the best (or first converged) iteration
+    best = z0.clone()  # per item: the returned value at the best (or first converged) iteration
+    best_f = z0.clone()  # per item: f at the best iterate (the plain step a restart takes)
     best_rel = torch.full((batch,), math.inf, device=device)
     best_abs = torch.full((batch,), math.inf, device=device)
     min_abs = torch.full((batch,), math.inf, device=device)
+    stalled = torch.zeros(batch, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     history: list[float] = []
     diverged = False
+    restarts = 0
     X = F = None
+    n_hist = 0  # pairs stored since the last (re)start
+    plain_left = 0  # plain steps still to take after a restart
     it = 0
     for it in range(1, max_iter + 1):
         fz = f(z)
-        if fz.shape != z.shape:
-            raise ValueError(f"the map must preserve the shape: got {tuple(fz.shape)} from {tuple(z.shape)}")
-        abs_res = _batch_norm(fz - z)
-        rel_res = abs_res / (_batch_norm(fz) + _EPS)
+        if not isinstance(fz, Tensor) or fz.shape != z.shape:
+            got = tuple(fz.shape) if isinstance(fz, Tensor) else type(fz).__name__
+            raise ValueError(f"the map must preserve the shape: got {got} from {tuple(z.shape)}")
+        if residual is None:
+            abs_res = _batch_norm(fz - z)
+            rel_res = abs_res / (_batch_norm(fz) + _EPS)
+            value = fz
+        else:
+            abs_res = residual(z, fz).reshape(-1).to(device=device, dtype=best_abs.dtype)
+            rel_res = abs_res / (_batch_norm(z).to(best_abs.dtype) + _EPS)
+            value = z
         finite = torch.isfinite(rel_res) & torch.isfinite(abs_res)
         rel_res = torch.where(finite, rel_res, torch.full_like(rel_res, math.inf))
         history.append(float(rel_res.max()))
@@ -276,8 +316,10 @@ def fixed_point(
         improve = (~done) & finite & ((abs_res < best_abs) | (rel_res <= tol))
         best_abs = torch.where(improve, abs_res, best_abs)
         if improve.any():
-            best = torch.where(_mask_like(improve, best), fz, best)
+            best = torch.where(_mask_like(improve, best), value, best)
+            best_f = torch.where(_mask_like(improve, best_f), fz, best_f)
         best_rel = torch.where(improve, rel_res, best_rel)
+        stalled = torch.where(improve, torch.zeros_like(stalled), stalled + 1)
         done = done | (rel_res <= tol)
         if bool(done.all()):
             break
@@ -290,14 +332,26 @@ def fixed_point(
 
         if anderson > 0:
             m = anderson
+            if bool(((stalled >= patience) & ~done).any()):
+                # safeguard: Anderson stalls; restart from the plain step at each item's best point
+                restarts += 1
+                n_hist, plain_left = 0, m
+                stalled = torch.zeros_like(stalled)
+                z = best_f
+                continue
             if X is None:
                 X = torch.zeros((batch, m) + tuple(_flat(z).shape[1:]), dtype=_flat(z).dtype, device=device)
                 F = torch.zeros_like(X)
-            slot = (it - 1) % m
+            slot = n_hist % m
             X[:, slot] = _flat(z)
             F[:, slot] = _flat(fz)
-            n = min(it, m)
-            mixed = _anderson_mix(X, F, n, beta, ridge) if n > 1 else None
+            n_hist += 1
+            n = min(n_hist, m)
+            mixed = None
+            if plain_left > 0:
+                plain_left -= 1
+            elif n > 1:
+                mixed = _anderson_mix(X, F, n, beta, ridge)
             if mixed is None:
                 z = fz
             elif z.is_complex():
@@ -307,10 +361,11 @@ def fixed_point(
         else:
             z = fz
 
-    residual = float(best_rel.max())
-    converged = bool(done.all()) and math.isfinite(residual)
+    residual_ = float(best_rel.max())
+    converged = bool(done.all()) and math.isfinite(residual_) and not diverged
     return best, SolverStats(
-        iterations=it, residual=residual, converged=converged, diverged=diverged, history=history
+        iterations=it, residual=residual_, converged=converged, diverged=diverged, history=history,
+        restarts=restarts,
     )
 
 
@@ -337,12 +392,16 @@ def equilibrium(
     ridge: float = 1e-4,
     divergence_factor: float = 1e4,
     name: str = "fixed-point solve",
+    residual: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, EquilibriumStats]:
     r"""Deep-equilibrium layer: the fixed point of ``f`` with an implicit (or Jacobian-free) gradient.
 
     *Forward*: :func:`fixed_point` from ``z0`` under :func:`torch.no_grad`, so no activation of the
-    iterations is kept; then one differentiable step :math:`z = f(z^\star)` with :math:`z^\star`
-    detached — the only graph kept, whatever the number of iterations.
+    iterations is kept; the returned value is the solver's :math:`z^\star` itself (no further
+    evaluation of ``f`` when gradients are off). When gradients are on, one differentiable step
+    :math:`f(z^\star)` with :math:`z^\star` detached is evaluated — the only graph kept, whatever the
+    number of iterations — and the output is :math:`z^\star + (f(z^\star) - \mathrm{sg}[f(z^\star)])`:
+    the value :math:`z^\star` (the point the statistics describe) with the gradient of that step.
 
     *Backward*, when gradients are enabled and ``z`` requires grad:
 
@@ -370,6 +429,7 @@ def equilibrium(
     :param float ridge: Anderson's relative regularisation (both solves).
     :param float divergence_factor: see :func:`fixed_point`.
     :param str name: how warnings name this solve.
+    :param Callable residual: the forward solve's own residual (see :func:`fixed_point`).
     :return: ``(z, stats)``: the equilibrium (differentiable as described) and an
         :class:`EquilibriumStats` whose ``backward`` is filled when the backward pass runs.
 
@@ -398,6 +458,7 @@ def equilibrium(
             beta=beta,
             ridge=ridge,
             divergence_factor=divergence_factor,
+            residual=residual,
         )
     stats = EquilibriumStats(forward=fstats)
     if warn and not fstats.converged:
@@ -405,7 +466,7 @@ def equilibrium(
 
     z_star = z_star.detach()
     if not torch.is_grad_enabled():
-        return f(z_star), stats
+        return z_star, stats
 
     implicit = backward.mode == "implicit"
     z_in = z_star.clone().requires_grad_(implicit)
@@ -438,5 +499,7 @@ def equilibrium(
             return g
 
         z.register_hook(_adjoint_hook)
-        return z, stats
-    return z_out, stats
+        return z_star + (z - z.detach()), stats
+    if z_out.requires_grad:
+        return z_star + (z_out - z_out.detach()), stats
+    return z_star, stats

@@ -62,10 +62,14 @@ def test_solves_the_mol_equation_and_fixed_point_does_not_depend_on_alpha(proble
     net = _net().eval()
     sols = {}
     for alpha in (1.0, 0.3):
-        model = MOL(net, lambda_=10.0, alpha=alpha, tol=1e-6, max_iter=300)
+        # tol is on ||F(x) + lambda A^H(Ax - y)|| / ||x||: float32 floors it near 1.2e-6 here
+        model = MOL(net, lambda_=10.0, alpha=alpha, tol=1e-5, max_iter=300)
         with torch.no_grad():
             sols[alpha] = model(y, physics)
         assert model.stats["converged"] and not model.stats["diverged"]
+        assert model.stats["equation_residual"] <= 1e-5
+        # the free residual (from CG's first residual) is the one computed from scratch
+        assert abs(float(model.equation_residual(sols[alpha], y, physics).max()) - model.stats["equation_residual"]) < 5e-7
         assert _equation_residual(model, sols[alpha], y, physics) < 1e-4
     assert _rel(sols[0.3], sols[1.0]) < 1e-4
 
@@ -74,7 +78,7 @@ def test_uniqueness_from_different_starts(problem):
     """Several starts (CG init, zero, A^H y, noise, a scaled truth) converge to one point (rel. diff < 1e-3)."""
     physics, x, y = problem
     net = _net().eval()
-    model = MOL(net, lambda_=10.0, tol=1e-6, max_iter=300)
+    model = MOL(net, lambda_=10.0, tol=1e-5, max_iter=300)
     g = torch.Generator().manual_seed(5)
     starts = [None, torch.zeros_like(x), physics.A_adjoint(y), 3.0 * torch.randn(x.shape, generator=g), -2.0 * x]
     sols = []
@@ -88,7 +92,7 @@ def test_uniqueness_from_different_starts(problem):
 
 def test_batch_of_two_equals_two_singles(problem):
     physics, _, y = problem
-    model = MOL(_net().eval(), lambda_=10.0, tol=1e-6)
+    model = MOL(_net().eval(), lambda_=10.0, tol=1e-5)
     with torch.no_grad():
         both = model(y, physics)
         singles = torch.cat([model(y[i : i + 1], physics) for i in range(2)])
@@ -103,8 +107,9 @@ def test_implicit_gradient_matches_unrolled_autograd(problem, backward_anderson=
     physics, x, y = problem
     net = _net(seed=1).double().train()
     y, x = y.double(), x.double()
-    model = MOL(net, lambda_=3.0, tol=1e-9, max_iter=200, backward_tol=1e-10, backward_cg_tol=1e-12,
-                backward_anderson=backward_anderson, backward_max_iter=300)
+    model = MOL(net, lambda_=3.0, tol=1e-9, max_iter=200,
+                backward=dict(tol=1e-10, anderson=backward_anderson, max_iter=300),
+                data_consistency=dict(backward_tol=1e-12, backward_max_iter=200))
     params = [p for p in model.parameters() if p.requires_grad]
     assert any(p is model.raw_lambda for p in params)
     x0 = model.initialise(y, physics)

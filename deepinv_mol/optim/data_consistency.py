@@ -73,6 +73,7 @@ def _cg(
     b_norm = _sq_norm(b).sqrt()
     b_norm = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
     rr = _sq_norm(r)
+    initial = rr.sqrt().tolist()
     rel = rr.sqrt() / b_norm
     done = rel <= tol
     p = r
@@ -96,7 +97,9 @@ def _cg(
         history.append(float(rel.max()))
     residual = float(rel.max()) if rel.numel() else 0.0
     converged = math.isfinite(residual) and residual <= tol
-    return x, SolverStats(iterations=it, residual=residual, converged=converged, history=history)
+    return x, SolverStats(
+        iterations=it, residual=residual, converged=converged, history=history, initial_residuals=initial
+    )
 
 
 def _check(physics, rhs: Tensor, tol: float, max_iter: int) -> None:
@@ -173,7 +176,8 @@ def regularised_solve(
     :param float backward_tol: tolerance of the backward solve (default ``tol``).
     :param int backward_max_iter: cap of the backward solve (default ``max_iter``).
     :return: ``(x, stats)`` with a :class:`deepinv_mol.equilibrium.SolverStats` (``iterations``: CG
-        iterations, ``residual``: maximum relative residual over the batch, ``converged``).
+        iterations, ``residual``: maximum relative residual over the batch, ``converged``,
+        ``initial_residuals``: per item :math:`\|b - M\,\mathrm{init}\|`).
 
     :Examples:
 
