@@ -304,6 +304,9 @@ def test_default_luser_on_nufft_mri_and_astra_ct(task):
     sqnorm = float(physics.compute_sqnorm(torch.randn_like(x), verbose=False))
     assert stats["step_sizes"][0] == pytest.approx(1 / sqnorm, rel=0.05)
     assert stats["data_residual"] < 0.1
+    # the CG data steps report their own work (capped at cg_max_iter each)
+    assert 3 <= stats["cg_iterations"] <= 3 * model.cg_max_iter and stats["cg_residual"] < 1
+    assert stats["cg_converged"] == (stats["cg_residual"] <= model.cg_tol)
     # untrained, the CG start and CG steps already give a usable image (the near-identity regularizer keeps it)
     assert min(psnr(x_hat, x)) > 25
 

@@ -191,6 +191,7 @@ class LUSER(Reconstructor):
         self.log_step_size = nn.Parameter(torch.full((num_iter,), math.log(1.0 if auto else float(step_size))))
         self.register_buffer("_step_size_pending", torch.tensor(auto))
         self._records: list[_StepRecord] = []
+        self._cg_stats: list = []
         self._loop: dict = {}
         self.to(device)
 
@@ -272,8 +273,9 @@ class LUSER(Reconstructor):
         if self.data_consistency == "gradient":
             return x - eta * physics.A_adjoint(physics.A(x) - y)
         aty = physics.A_adjoint(y) if aty is None else aty
-        out, _ = regularised_solve(physics, x + eta * aty, eta, init=x.detach(), tol=self.cg_tol,
-                                   max_iter=self.cg_max_iter)
+        out, stats = regularised_solve(physics, x + eta * aty, eta, init=x.detach(), tol=self.cg_tol,
+                                       max_iter=self.cg_max_iter)
+        self._cg_stats.append(stats)
         return out
 
     def initial_point(self, y: Tensor, physics: LinearPhysics, aty: Tensor | None = None) -> Tensor:
@@ -339,7 +341,7 @@ class LUSER(Reconstructor):
         metrics = self._init_metrics(x, x_gt) if compute_metrics else None
         etas = self.step_sizes
         start_norm = self._norms(x)
-        self._records, divergence = [], None
+        self._records, self._cg_stats, divergence = [], [], None
         for k in range(self.num_iter):
             reg = self.regularizer(k)
             x_prev = x
@@ -413,10 +415,19 @@ class LUSER(Reconstructor):
           regularizers, which have no solve, unless the loop diverged: then ``False``);
         * ``diverged``, ``divergence`` (the cause, or ``None``), ``data_residual``
           (:math:`\max_b \|Ax_K - y\|/\|y\|`);
+        * with ``"cg"`` data consistency: ``cg_iterations`` (CG iterations of the :math:`K` data steps, in total),
+          ``cg_residual`` (worst final relative residual) and ``cg_converged`` (every data step reached
+          ``cg_tol``; a capped data step is still a well-defined map, so this does not enter ``converged``);
         * once a backward pass ran: ``backward_iterations``, ``backward_residual``, ``backward_converged``.
         """
         out = {"steps": len(self._records), "step_sizes": [float(e) for e in self.step_sizes.detach()]}
         loop = dict(self._loop) or {"diverged": False, "divergence": None, "data_residual": None}
+        if self._cg_stats:
+            out.update(
+                cg_iterations=sum(int(s.iterations) for s in self._cg_stats),
+                cg_residual=max(float(s.residual) for s in self._cg_stats),
+                cg_converged=all(bool(s.converged) for s in self._cg_stats),
+            )
         solves = [r.as_dict() for r in self._records]
         solves = [s for s in solves if s is not None]
         if not solves or len(solves) != len(self._records):
