@@ -1,4 +1,4 @@
-r"""Pretrained reconstructors: shipped weights (``deepinv_mol/weights/``) -> ready deepinv ``Reconstructor``.
+r"""Pretrained reconstructors: the model registry and the weights I/O (reader and writer of ``weights/``).
 
 Learned models (names usable by ``deepinv-mol eval``, ``demo`` and ``certify``):
 
@@ -6,51 +6,201 @@ Learned models (names usable by ``deepinv-mol eval``, ``demo`` and ``certify``):
   trained with :class:`~deepinv_mol.loss.LipschitzPenalty`;
 * ``mol-strict`` -- MOL with the spectrally normalised (certified) network;
 * ``luser`` -- :class:`deepinv_mol.optim.LUSER`;
-* ``modl`` -- deepinv's :class:`deepinv.models.MoDL` with 10 unrolled iterations, the *same* CNN as MOL and
-  MOL's starting image (:func:`deepinv_mol.optim.mol.cg_start`; a fair comparison: only the algorithm around
-  the network differs).
+* ``modl`` -- :class:`deepinv_mol.optim.baselines.MoDLBaseline` (deepinv's MoDL, 10 unrolled iterations, the
+  *same* CNN as MOL and MOL's starting image: only the algorithm around the network differs).
 
-Classical baselines (no weights): ``adjoint`` (zero-filled / back-projected image :math:`A^H y`, rescaled by
-the scalar that best fits the measurements), ``cg``
-(conjugate gradient on the lightly Tikhonov-regularised normal equations) and ``fbp`` (filtered
-back-projection, CT only).
+Classical baselines (no weights, :mod:`deepinv_mol.optim.baselines`): ``adjoint``, ``cg`` and ``fbp`` (CT only).
 
-The weights of every learned model for a task live in ``weights/<task>__<model>.pt``; ``weights/manifest.json``
-records, for each file, the model configuration, the exact training command, the training time, the image
-and batch sizes, the number of steps and the validation PSNR curve.
+The weights of every learned model for a task live in ``weights/<task>__<model>.pt`` (a plain ``state_dict``,
+read with ``torch.load(weights_only=True)``); ``weights/manifest.json`` records, for each file, its checksum, the
+model's **complete** configuration (every constructor argument, from ``get_config()`` of the model and of its
+network, so that a change of a class default cannot change a shipped model), the exact training command, the
+training time and settings, and the validation PSNR curve. :func:`save_pretrained` writes both (used by
+``deepinv-mol train --export``), :func:`load_pretrained` reads them.
+
+Configuration layout (``config`` of a manifest entry, also what :func:`default_config` returns and
+:func:`build_model` takes): ``{"cnn": MonotoneCNN kwargs, "mol": MOL kwargs}`` for MOL,
+``{"cnn": ..., "modl": MoDLBaseline kwargs}`` for MoDL, ``{"luser": LUSER kwargs}`` for LUSER. A key that the
+class does not take is an error (:class:`ValueError` naming it), never silently dropped.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
+import io
 import json
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 from deepinv.models import Reconstructor
+
+from .optim.baselines import AdjointReconstruction, CGReconstruction, FBPReconstruction
+
+__all__ = [
+    "LEARNED_MODELS",
+    "CLASSICAL_MODELS",
+    "MANIFEST_NAME",
+    "WEIGHTS_ENV",
+    "ENTRY_KEYS",
+    "MissingWeightsError",
+    "WeightsFileError",
+    "default_config",
+    "build_model",
+    "model_config",
+    "complete_config",
+    "weights_dir",
+    "read_manifest",
+    "available_pretrained",
+    "file_sha256",
+    "load_weights",
+    "save_pretrained",
+    "write_atomic",
+    "load_pretrained",
+    "get_reconstructor",
+    # re-exported from deepinv_mol.optim.baselines (their home) for existing callers
+    "AdjointReconstruction",
+    "CGReconstruction",
+    "FBPReconstruction",
+]
 
 LEARNED_MODELS = ("mol-penalty", "mol-strict", "luser", "modl")
 CLASSICAL_MODELS = ("cg", "adjoint", "fbp")
 
 _WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MANIFEST_NAME = "manifest.json"
+WEIGHTS_ENV = "DEEPINV_MOL_WEIGHTS"
+
+#: keys a manifest entry may hold (anything else is refused by :func:`load_pretrained`)
+ENTRY_KEYS = (
+    "file", "sha256", "size_bytes", "config", "training", "command", "train_seconds", "steps_done", "val_psnr",
+    "selected", "val_psnr_selected",
+)
+
+#: configuration sections of each learned model
+_SECTIONS = {"mol-penalty": ("cnn", "mol"), "mol-strict": ("cnn", "mol"), "modl": ("cnn", "modl"), "luser": ("luser",)}
 
 
 class MissingWeightsError(FileNotFoundError):
     r"""Raised when a known model has no shipped weights for a task (the model exists, it was not trained)."""
 
 
+class WeightsFileError(ValueError):
+    r"""A weights file exists but cannot be used: empty, text, truncated, random bytes, not a ``state_dict``,
+    objects other than tensors, or tensors that do not fit the model. The message names the file."""
+
+
 # ----------------------------------------------------------------------------------------------------------
-# architectures
+# architectures and their configurations
+
+
+def _section_class(section: str):
+    if section == "cnn":
+        from .models import MonotoneCNN
+
+        return MonotoneCNN
+    if section == "mol":
+        from .optim import MOL
+
+        return MOL
+    if section == "modl":
+        from .optim.baselines import MoDLBaseline
+
+        return MoDLBaseline
+    from .optim import LUSER
+
+    return LUSER
+
+
+def _accepted(cls) -> list[str]:
+    # keyword arguments of a section: the constructor's, minus sub-networks and the device
+    skip = {"self", "device", "denoiser", "regularizer"}
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _check_config(name: str, config, where: str = "config") -> None:
+    if not isinstance(config, dict):
+        raise TypeError(f"{where} of model {name!r} must be a dict, got {type(config).__name__}")
+    sections = _SECTIONS[name]
+    for section in config:
+        if section not in sections:
+            raise ValueError(f"unknown key {section!r} in {where} of model {name!r}: expected sections {', '.join(sections)}")
+    for section in sections:
+        values = config.get(section, {})
+        if not isinstance(values, dict):
+            raise TypeError(f"{where}[{section!r}] of model {name!r} must be a dict, got {type(values).__name__}")
+        cls = _section_class(section)
+        accepted = _accepted(cls)
+        for key in values:
+            if key not in accepted:
+                raise ValueError(
+                    f"unknown key {key!r} in {where}[{section!r}] of model {name!r}: {cls.__name__} takes "
+                    f"{', '.join(accepted)}"
+                )
+
+
+def _defaults(cls) -> dict:
+    params = inspect.signature(cls.__init__).parameters
+    return {k: params[k].default for k in _accepted(cls) if params[k].default is not inspect.Parameter.empty}
+
+
+def _object_config(obj, given: dict) -> dict:
+    # the object's own complete configuration when it can report it, else its constructor's defaults overridden by
+    # the values it was built with (the same thing for a class without get_config)
+    if hasattr(obj, "get_config"):
+        cfg = dict(obj.get_config())
+    else:
+        cfg = _defaults(type(obj)) | dict(given)
+    for key in ("device", "denoiser", "regularizer"):
+        cfg.pop(key, None)
+    return json.loads(json.dumps(cfg))  # plain JSON values (tuples -> lists), fails loudly if not serialisable
+
+
+def model_config(name: str, model: torch.nn.Module, given: dict | None = None) -> dict:
+    r"""The complete configuration of a learned model built by :func:`build_model`: every constructor argument
+    of the model and of its network, such that ``build_model(name, config=model_config(name, model))`` plus the
+    model's ``state_dict`` rebuilds it exactly.
+
+    :param str name: one of :data:`LEARNED_MODELS`.
+    :param torch.nn.Module model: the model.
+    :param dict given: the configuration it was built from (used for a class that has no ``get_config``).
+    :return: a JSON-serialisable dict in the layout of :func:`default_config`.
+    """
+    _check_name(name, LEARNED_MODELS)
+    given = given or {}
+    if name == "luser":
+        return {"luser": _object_config(model, given.get("luser", {}))}
+    if name == "modl":
+        cnn = model.prior[0].denoiser
+        return {"cnn": _object_config(cnn, given.get("cnn", {})), "modl": _object_config(model, given.get("modl", {}))}
+    return {"cnn": _object_config(model.denoiser, given.get("cnn", {})), "mol": _object_config(model, given.get("mol", {}))}
+
+
+def complete_config(name: str, config: dict) -> dict:
+    r"""Fill a (partial) configuration with every default it relies on: :func:`model_config` of the model it
+    builds.
+
+    :param str name: one of :data:`LEARNED_MODELS`.
+    :param dict config: a configuration (layout of :func:`default_config`).
+    :return: the complete configuration.
+    :raises ValueError: a key the classes do not take.
+    """
+    return model_config(name, build_model(name, config=config), given=config)
 
 
 def default_config(name: str, channels: int = 2, data_weight: float = 10.0) -> dict:
-    r"""Default architecture and solver settings of a learned model (what ``deepinv-mol train`` builds).
+    r"""Complete default configuration of a learned model (what ``deepinv-mol train`` builds).
 
     MOL follows the authors' network (5 conv layers 3×3, ReLU, no batch-norm) at width 32 to keep the
     shipped weights small and CPU training feasible; :math:`\alpha = 1` is MOL's fastest contraction
-    (factor :math:`\mathrm{Lip}(H)`, see the theory page), Anderson acceleration on.
+    (factor :math:`\mathrm{Lip}(H)`, see the theory page), Anderson acceleration on. MoDL uses the same network
+    with data-step size ``data_weight`` (deepinv's 1 ignores the operator's scale, which Adam at lr 1e-3 cannot
+    undo in a short training) and MOL's start image. LUSER uses its class defaults (the benchmarked
+    configuration) at width 32 (the default 64 makes 5 untied regularizers weigh 4 MB).
 
     :param str name: one of :data:`LEARNED_MODELS`.
     :param int channels: image channels (2 for complex MRI, 1 for CT).
@@ -58,238 +208,55 @@ def default_config(name: str, channels: int = 2, data_weight: float = 10.0) -> d
         MoDL's data-step size, so both start from the same data term. It depends on the operator's scale:
         ``deepinv-mol train`` passes the task's :attr:`deepinv_mol.tasks.Task.data_weight`.
     :return: a JSON-serialisable dict, the ``config`` stored in the manifest.
+
+    :Examples:
+
+    >>> from deepinv_mol.pretrained import default_config
+    >>> cfg = default_config("modl", channels=1, data_weight=2.0)
+    >>> sorted(cfg), cfg["modl"]["stepsize"], cfg["modl"]["min_stepsize"], cfg["cnn"]["constraint"]
+    (['cnn', 'modl'], 2.0, 0.2, 'penalty')
     """
     _check_name(name, LEARNED_MODELS)
     cnn = {"channels": int(channels), "width": 32, "depth": 5, "init": "identity"}
     if name in ("mol-penalty", "mol-strict"):
         constraint = "penalty" if name == "mol-penalty" else "strict"
-        return {
+        partial = {
             "cnn": cnn | {"constraint": constraint, "lipschitz": 0.99},
             "mol": {"lambda_": float(data_weight), "alpha": 1.0, "max_iter": 50, "tol": 1e-4, "anderson": True},
         }
-    if name == "modl":
-        # the step size gamma of MoDL's data step (I + gamma A^H A)^{-1}(z + gamma A^H y) starts at MOL's
-        # alpha * lambda (deepinv's 1 ignores the operator's scale, which Adam at lr 1e-3 cannot undo in a short
-        # training); the start image is MOL's (cg_start)
-        return {
+    elif name == "modl":
+        partial = {
             "cnn": cnn | {"constraint": "penalty"},
-            "modl": {"num_iter": 10, "stepsize": float(data_weight), "init": {"max_iter": 20, "eps": 1e-2}},
+            "modl": {"num_iter": 10, "stepsize": float(data_weight), "init_max_iter": 20, "init_eps": 1e-2},
         }
-    # step size 1/||A||^2 (power method at the first call): a fixed 1.0 diverges when ||A||^2 > 2
-    # width 32 like MOL's network (the default 64 makes 5 untied regularizers weigh 4 MB); CG data consistency:
-    # a gradient step tuned to 1/||A||^2 at the training crop size diverges on larger images (||A|| grows with them)
-    return {
-        "luser": {
-            "num_iter": 5,
-            "channels": int(channels),
-            "data_consistency": "cg",
-            "init": "cg",
-            "regularizer_kwargs": {"width": 32},
-        }
-    }
+    else:
+        partial = {"luser": {"num_iter": 5, "channels": int(channels), "regularizer_kwargs": {"width": 32}}}
+    return complete_config(name, partial)
 
 
 def build_model(name: str, channels: int = 2, config: dict | None = None) -> Reconstructor:
-    r"""Build an untrained learned reconstructor (the architecture that the shipped weights fit).
+    r"""Build an untrained learned reconstructor.
 
     :param str name: one of :data:`LEARNED_MODELS`.
     :param int channels: image channels (2 for complex MRI, 1 for CT); ignored when ``config`` is given.
-    :param dict config: settings as returned by :func:`default_config` (the manifest's ``config``).
+    :param dict config: configuration in the layout of :func:`default_config` (the manifest's ``config``);
+        missing keys take the classes' defaults.
     :return: a :class:`deepinv.models.Reconstructor` called as ``model(y, physics)``.
-    :raises ValueError: unknown model name.
+    :raises ValueError: unknown model name, or a configuration key the classes do not take.
     """
     _check_name(name, LEARNED_MODELS)
     config = default_config(name, channels) if config is None else config
-    if name in ("mol-penalty", "mol-strict", "modl"):
-        from .models import MonotoneCNN
-
-        cnn = MonotoneCNN(**config["cnn"])
-        if name == "modl":
-            from deepinv.models import MoDL
-
-            modl = MoDL(denoiser=cnn, num_iter=int(config["modl"]["num_iter"]))
-            # MOL's start (not deepinv's A^H y, off by the scale of A^H A): see deepinv_mol.optim.mol.cg_start
-            modl.custom_init = _ModlStart(**config["modl"].get("init", {}))
-            gamma = float(config["modl"].get("stepsize", 1.0))
-            with torch.no_grad():  # deepinv initialises every HQS step size to 1 (see default_config)
-                for step in modl.params_algo["stepsize"]:
-                    step.fill_(gamma)
-            modl.register_forward_pre_hook(_PositiveSteps(0.1 * gamma))
-            return modl
-        from .optim import MOL
-
-        return MOL(denoiser=cnn, **config["mol"])
-    from .optim import LUSER
-
-    kwargs = dict(config["luser"])
-    return LUSER(**_accepted_kwargs(LUSER, kwargs))
-
-
-class _ModlStart:
-    # deepinv's BaseOptim calls custom_init(y, physics); a class (not a lambda) keeps the model picklable
-    def __init__(self, max_iter: int = 20, eps: float = 1e-2):
-        self.max_iter, self.eps = int(max_iter), float(eps)
-
-    def __call__(self, y, physics):
-        from .optim.mol import cg_start
-
-        return cg_start(y, physics, self.max_iter, self.eps)
-
-
-class _PositiveSteps:
-    # deepinv's MoDL learns its step sizes as raw parameters: on ct-sparse-view (step 0.05) Adam at lr 1e-3
-    # drove several below zero within 80 steps, the data step (I + gamma A^H A)^{-1} became indefinite and the
-    # validation PSNR fell to 1 dB. Projected gradient: before every forward the steps are clamped to >= floor.
-    def __init__(self, floor: float):
-        self.floor = float(floor)
-
-    def __call__(self, module, args):
-        with torch.no_grad():
-            for step in module.params_algo["stepsize"]:
-                step.clamp_(min=self.floor)
-
-
-def _accepted_kwargs(cls, kwargs: dict) -> dict:
-    # LUSER's regularizer defaults to the image channels only if it accepts them: pass what the signature takes
-    import inspect
-
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
+    _check_config(name, config)
+    if name == "luser":
+        return _section_class("luser")(**config.get("luser", {}))
+    cnn = _section_class("cnn")(**config.get("cnn", {}))
+    if name == "modl":
+        return _section_class("modl")(denoiser=cnn, **config.get("modl", {}))
+    return _section_class("mol")(denoiser=cnn, **config.get("mol", {}))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# classical baselines
-
-
-class AdjointReconstruction(Reconstructor):
-    r"""The no-learning image: :math:`A^H y` (zero-filled NUFFT adjoint / unfiltered back-projection), brought to
-    the units of the image by the one scalar that best fits the measurements,
-
-    .. math::
-
-        \hat x = c\,A^H y, \qquad c = \arg\min_c \|c\,A A^H y - y\|_2^2
-        = \frac{\mathrm{Re}\langle A A^H y, y\rangle}{\|A A^H y\|_2^2}
-
-    (per batch item). Plain :math:`A^H y` is off by the scale of :math:`A^HA` (about 60x for the radial
-    NUFFT of ``mri-radial-4x``, :math:`10^3` for fan-beam CT in line-integral units), which makes its PSNR
-    meaningless (-20 to -60 dB); the rescaling uses the measurements only, never the ground truth.
-
-    After a call, ``stats = {"iterations": None}`` (not iterative).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.stats = {"iterations": None}
-
-    def forward(self, y, physics, **kwargs):
-        r"""Return :math:`c\,A^H y`.
-
-        :param torch.Tensor y: measurements.
-        :param deepinv.physics.LinearPhysics physics: forward operator.
-        """
-        self.stats = {"iterations": None}
-        x = physics.A_adjoint(y)
-        ax = physics.A(x)
-        dims = tuple(range(1, y.dim()))
-        num = (ax.conj() * y).real.sum(dims)
-        den = ax.abs().pow(2).sum(dims)
-        c = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.zeros_like(den))
-        return x * c.reshape((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)
-
-
-class CGReconstruction(Reconstructor):
-    r"""Conjugate gradient on the lightly Tikhonov-regularised normal equations (CG-SENSE for MRI).
-
-    .. math::
-
-        (A^H A + \varepsilon \|A\|^2 I)\, \hat x = A^H y
-
-    solved with deepinv's :func:`deepinv.optim.linear.conjugate_gradient` (the one CG of the project). The
-    relative weight :math:`\varepsilon` makes the baseline independent of the operator's scaling;
-    :math:`\|A\|^2` comes from ``physics.compute_sqnorm`` once per physics object. After a call,
-    ``stats["iterations"]`` is the number of CG iterations, recovered from the count of normal-operator
-    applications because deepinv's CG does not report it.
-
-    :param float eps: relative Tikhonov weight :math:`\varepsilon`.
-    :param int max_iter: CG iteration cap.
-    :param float tol: relative residual tolerance.
-    """
-
-    def __init__(self, eps: float = 1e-2, max_iter: int = 50, tol: float = 1e-5):
-        super().__init__()
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.eps, self.max_iter, self.tol = float(eps), int(max_iter), float(tol)
-        self.stats = {"iterations": None}
-        self._norms = {}
-
-    def forward(self, y, physics, **kwargs):
-        r"""Solve the regularised normal equations.
-
-        :param torch.Tensor y: measurements.
-        :param deepinv.physics.LinearPhysics physics: forward operator.
-        """
-        from deepinv.optim.linear import conjugate_gradient
-
-        b = physics.A_adjoint(y)
-        key = id(physics)
-        if key not in self._norms:
-            # a fixed start vector: the estimate, hence the baseline, must not depend on the global RNG
-            x0 = torch.randn(b.shape, generator=torch.Generator().manual_seed(0), dtype=b.dtype).to(b.device)
-            self._norms[key] = float(physics.compute_sqnorm(x0, verbose=False))
-        weight = self.eps * self._norms[key]
-        calls = [0]
-
-        def normal(x):
-            calls[0] += 1
-            return physics.A_adjoint_A(x) + weight * x
-
-        x = conjugate_gradient(normal, b, max_iter=self.max_iter, tol=self.tol)
-        self.stats = {"iterations": _cg_iterations(calls[0])}
-        return x
-
-
-def _cg_iterations(calls: int) -> int:
-    # deepinv's CG applies the operator once for the initial residual, once per iteration i, and once more
-    # to refresh the residual after iterations i = 100, 200, ...: invert that count
-    n = max(calls - 1, 0)
-    while n > 0 and 1 + n + (n - 1) // 100 > calls:
-        n -= 1
-    return n
-
-
-class FBPReconstruction(Reconstructor):
-    r"""Filtered back-projection (CT): ``physics.A_dagger(y, fbp=True)`` of :class:`deepinv_mol.physics.AstraCT`.
-
-    After a call, ``stats = {"iterations": None}`` (direct method).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.stats = {"iterations": None}
-
-    def forward(self, y, physics, **kwargs):
-        r"""Return the FBP image.
-
-        :param torch.Tensor y: sinogram.
-        :param deepinv_mol.physics.AstraCT physics: CT operator.
-        :raises ValueError: the physics has no FBP (not a CT operator).
-        """
-        import inspect
-
-        if "fbp" not in inspect.signature(physics.A_dagger).parameters:
-            raise ValueError(f"'fbp' needs a CT physics with A_dagger(y, fbp=True); got {type(physics).__name__}")
-        self.stats = {"iterations": None}
-        return physics.A_dagger(y, fbp=True)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# weights
-
-
-WEIGHTS_ENV = "DEEPINV_MOL_WEIGHTS"
+# weights I/O
 
 
 def weights_dir() -> Path:
@@ -303,20 +270,23 @@ def read_manifest(directory: str | Path | None = None) -> dict:
     r"""The weights manifest: ``{"<task>/<model>": {"file", "sha256", "config", "command", "train_seconds", ...}}``.
 
     :param str directory: folder to read (default: :func:`weights_dir`).
-    :return: the manifest's ``"models"`` dict (empty if no weights are shipped).
-    :raises ValueError: the manifest exists but is not valid JSON.
+    :return: the manifest's ``"models"`` dict (empty if there is no manifest).
+    :raises ValueError: the manifest exists but is not valid JSON with a ``"models"`` dict.
     """
     path = Path(directory or weights_dir()) / MANIFEST_NAME
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())["models"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise ValueError(f"malformed weights manifest {path}: {err}") from err
+        models = json.loads(path.read_text())["models"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise ValueError(f"malformed weights manifest {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(models, dict):
+        raise ValueError(f"malformed weights manifest {path}: 'models' must be an object, got {type(models).__name__}")
+    return models
 
 
 def available_pretrained(directory: str | Path | None = None) -> list[tuple[str, str]]:
-    r"""``(task, model)`` pairs with shipped weights.
+    r"""``(task, model)`` pairs with weights.
 
     :param str directory: folder to read (default: :func:`weights_dir`).
     """
@@ -324,11 +294,135 @@ def available_pretrained(directory: str | Path | None = None) -> list[tuple[str,
 
 
 def file_sha256(path: str | Path) -> str:
-    r"""SHA-256 hex digest of a file (checked when loading shipped weights).
+    r"""SHA-256 hex digest of a file (checked when loading weights).
 
     :param str path: the file.
     """
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    r"""Write ``data`` to a temporary file next to ``path``, then ``os.replace``: a crash leaves the old file.
+
+    :param str path: destination.
+    :param bytes data: content.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    r"""Read a ``state_dict`` with ``torch.load(weights_only=True)`` (no code from files), on the CPU.
+
+    :param str path: the weights file.
+    :return: the ``state_dict`` (names -> tensors).
+    :raises MissingWeightsError: the file does not exist.
+    :raises WeightsFileError: empty, text, truncated or random bytes, objects other than tensors, or not a dict of
+        tensors; the message names the file and the problem.
+
+    :Examples:
+
+    >>> import tempfile, pathlib
+    >>> from deepinv_mol.pretrained import load_weights
+    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "w.pt"
+    >>> _ = bad.write_text("not weights")
+    >>> load_weights(bad)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    deepinv_mol.pretrained.WeightsFileError: weights file .../w.pt is a text file, not PyTorch weights (starts with 'not weights')
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"weights file {path} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise WeightsFileError(f"weights file {path} is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WeightsFileError(
+                f"weights file {path} is not a PyTorch weights file (unknown format, {size} bytes of binary data)"
+            ) from None
+        raise WeightsFileError(
+            f"weights file {path} is a text file, not PyTorch weights (starts with {text[:40].splitlines()[0]!r})"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsFileError(
+            f"weights file {path} holds objects other than tensors, refused (only plain state_dicts are loaded, "
+            f"never code): {str(err).splitlines()[0]}"
+        ) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise WeightsFileError(
+            f"weights file {path} is truncated or corrupted ({size} bytes): {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from err
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise WeightsFileError(
+            f"weights file {path} does not hold a state_dict (a dict of names to tensors), got {type(state).__name__}"
+        )
+    return state
+
+
+def _load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise WeightsFileError(f"weights file {path} does not fit the model of its configuration: {err}") from err
+
+
+def save_pretrained(
+    model: torch.nn.Module | dict,
+    directory: str | Path,
+    task: str,
+    name: str,
+    config: dict,
+    metadata: dict | None = None,
+) -> dict:
+    r"""Write ``<directory>/<task>__<name>.pt`` (a plain ``state_dict``) and its entry ``"<task>/<name>"`` in
+    ``<directory>/manifest.json`` (both atomically), with the model's complete configuration.
+
+    The state is checked to load into the model built from ``config`` before anything is written.
+
+    :param model: the trained model or its ``state_dict``.
+    :param str directory: the weights folder (``deepinv_mol/weights`` for shipped weights).
+    :param str task: task name.
+    :param str name: one of :data:`LEARNED_MODELS`.
+    :param dict config: the configuration the model was built from (completed with :func:`complete_config`).
+    :param dict metadata: further entry fields among :data:`ENTRY_KEYS` (``training``, ``command``,
+        ``train_seconds``, ``steps_done``, ``val_psnr``, ``selected``, ``val_psnr_selected``).
+    :return: the manifest entry.
+    :raises ValueError: unknown model name, configuration or metadata key, or a state that does not fit.
+    """
+    _check_name(name, LEARNED_MODELS)
+    metadata = dict(metadata or {})
+    unknown = [k for k in metadata if k not in ENTRY_KEYS or k in ("file", "sha256", "size_bytes", "config")]
+    if unknown:
+        raise ValueError(f"unknown manifest entry field {unknown[0]!r}: expected among {', '.join(ENTRY_KEYS[4:])}")
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
+    built = build_model(name, config=config)
+    full = model_config(name, built, given=config)
+    _load_state(built, state, Path(f"<{task}/{name}>"))
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    file = f"{task}__{name}.pt"
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, buffer)
+    data = buffer.getvalue()
+    write_atomic(directory / file, data)
+    entry = {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data), "config": full}
+    entry.update(metadata)
+    manifest_path = directory / MANIFEST_NAME
+    models = read_manifest(directory)
+    models[f"{task}/{name}"] = entry
+    text = json.dumps({"models": dict(sorted(models.items()))}, indent=1) + "\n"
+    write_atomic(manifest_path, text.encode())
+    return entry
 
 
 def load_pretrained(
@@ -342,8 +436,10 @@ def load_pretrained(
     :param str directory: weights folder (default :func:`weights_dir`: ``$DEEPINV_MOL_WEIGHTS`` or the shipped
         one; ``deepinv-mol train --export DIR`` writes the same layout, so a user's own training loads the same way).
     :return: the model in ``eval()`` mode, ``x_hat = model(y, physics)``.
-    :raises ValueError: unknown model name or task.
+    :raises ValueError: unknown model name or task, unknown key in the manifest entry or its configuration, or a
+        checksum mismatch.
     :raises MissingWeightsError: the model is known but no weights were shipped for this task.
+    :raises WeightsFileError: the weights file is unusable (the message names it and says why).
 
     :Examples:
 
@@ -356,18 +452,26 @@ def load_pretrained(
     _check_name(name, LEARNED_MODELS)
     _check_task(task)
     directory = Path(directory or weights_dir())
-    entry = read_manifest(directory).get(f"{task}/{name}")
+    key = f"{task}/{name}"
+    entry = read_manifest(directory).get(key)
     if entry is None:
         shipped = ", ".join(f"{m} ({t})" for t, m in available_pretrained(directory)) or "none"
         raise MissingWeightsError(f"no weights for model '{name}' on task '{task}' in {directory} (available: {shipped})")
+    where = f"manifest entry {key!r} of {directory / MANIFEST_NAME}"
+    for field in entry:
+        if field not in ENTRY_KEYS:
+            raise ValueError(f"unknown key {field!r} in {where}: expected among {', '.join(ENTRY_KEYS)}")
+    if "file" not in entry or "config" not in entry:
+        raise ValueError(f"{where} lacks {'file' if 'file' not in entry else 'config'}")
+    _check_config(name, entry["config"], where=f"config of {where}")
     path = directory / entry["file"]
     if not path.exists():
         raise MissingWeightsError(f"weights file {path} listed in the manifest is missing")
     if "sha256" in entry and file_sha256(path) != entry["sha256"]:
         raise ValueError(f"weights file {path} does not match its manifest checksum (corrupted or replaced)")
+    state = load_weights(path)
     model = build_model(name, config=entry["config"])
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    _load_state(model, state, path)
     return model.to(device).eval()
 
 

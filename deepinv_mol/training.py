@@ -725,11 +725,12 @@ def train(
 
 
 def export_weights(run_dir: str | Path, weights_dir: str | Path, command: str | None = None, which: str = BEST) -> dict:
-    r"""Copy a finished run's weights into a weights folder and record them in its ``manifest.json``.
+    r"""Copy a finished run's weights into a weights folder and record them in its ``manifest.json``
+    (through :func:`deepinv_mol.pretrained.save_pretrained`, the one writer of the weights format).
 
-    The manifest entry ``"<task>/<model>"`` holds: ``file``, ``sha256``, ``size_bytes``, ``config``, the training
-    settings, ``command`` (the exact command line), ``train_seconds``, ``steps``, the validation curve
-    ``val_psnr`` (``[step, dB]`` pairs) and the selected validation PSNR.
+    The manifest entry ``"<task>/<model>"`` holds: ``file``, ``sha256``, ``size_bytes``, the model's complete
+    ``config``, the training settings, ``command`` (the exact command line), ``train_seconds``, ``steps_done``, the
+    validation curve ``val_psnr`` (``[step, dB]`` pairs) and the selected validation PSNR.
 
     :param str run_dir: a ``deepinv-mol train --out`` folder.
     :param str weights_dir: destination (``deepinv_mol/weights`` for shipped weights).
@@ -738,25 +739,16 @@ def export_weights(run_dir: str | Path, weights_dir: str | Path, command: str | 
     :return: the manifest entry.
     :raises FileNotFoundError: the run has no such weights or history.
     """
-    from .pretrained import MANIFEST_NAME, file_sha256
+    from .pretrained import load_weights, save_pretrained
 
-    run_dir, weights_dir = Path(run_dir), Path(weights_dir)
+    run_dir = Path(run_dir)
     src = run_dir / which
     if not src.exists():
         raise FileNotFoundError(f"{src} does not exist (run not finished, or no validation set)")
     history = json.loads((run_dir / HISTORY).read_text())
     cfg = history["run_config"]
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{cfg['task']}__{cfg['model']}.pt"
-    # stored as a plain state dict, re-saved so the file holds tensors only (weights_only loading)
-    state = torch.load(src, map_location="cpu", weights_only=True)
-    atomic_save(state, weights_dir / name)
     curve = history["val_psnr"]
-    entry = {
-        "file": name,
-        "sha256": file_sha256(weights_dir / name),
-        "size_bytes": (weights_dir / name).stat().st_size,
-        "config": cfg["config"],
+    metadata = {
         "training": {k: cfg[k] for k in cfg if k != "config"},
         "command": command,
         "train_seconds": history["train_seconds"],
@@ -765,9 +757,4 @@ def export_weights(run_dir: str | Path, weights_dir: str | Path, command: str | 
         "selected": which,
         "val_psnr_selected": (max(v for _, v in curve) if which == BEST else curve[-1][1]) if curve else None,
     }
-    manifest_path = weights_dir / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
-    manifest["models"][f"{cfg['task']}/{cfg['model']}"] = entry
-    manifest["models"] = dict(sorted(manifest["models"].items()))
-    _atomic_write_text(json.dumps(manifest, indent=1) + "\n", manifest_path)
-    return entry
+    return save_pretrained(load_weights(src), weights_dir, cfg["task"], cfg["model"], cfg["config"], metadata)

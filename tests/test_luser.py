@@ -56,7 +56,8 @@ def test_reconstructs_with_any_linear_physics(name, dc, rng):
 def test_gradient_steps_are_landweber_iterations(rng):
     physics, x = _physics("blur", rng)
     y = physics(x)
-    model = LUSER(num_iter=4, regularizer=Identity(), shared=True, step_size=0.7)
+    model = LUSER(num_iter=4, regularizer=Identity(), shared=True, step_size=0.7, data_consistency="gradient",
+                  init="adjoint")
     ref = physics.A_adjoint(y)
     for _ in range(4):
         ref = ref - 0.7 * physics.A_adjoint(physics.A(ref) - y)
@@ -80,7 +81,7 @@ def test_cg_step_is_the_proximal_point(rng):
 def test_cg_start_solves_regularised_least_squares(rng):
     physics, x = _physics("ct", rng)
     y = physics(x)
-    model = LUSER(num_iter=1, regularizer=Identity(), init="cg", init_eps=1e-2, cg_max_iter=200, cg_tol=1e-8)
+    model = LUSER(num_iter=1, regularizer=Identity(), init="cg", init_eps=1e-2, init_max_iter=200, cg_tol=1e-8)
     x0 = model.initial_point(y, physics)
     residual = physics.A_adjoint(physics.A(x0)) + 1e-2 * x0 - physics.A_adjoint(y)
     assert residual.norm() / physics.A_adjoint(y).norm() < 1e-4
@@ -95,7 +96,7 @@ def test_step_sizes_positive_and_auto():
             return 3.0 * y
 
     physics = Scaled()
-    model = LUSER(num_iter=3, regularizer=Identity(), shared=True, step_size="auto")
+    model = LUSER(num_iter=3, regularizer=Identity(), shared=True, step_size="auto", data_consistency="gradient")
     y = torch.randn(2, 1, 8, 8)
     model(y, physics)
     assert torch.allclose(model.step_sizes, torch.full((3,), 1.0 / 9.0), rtol=1e-3)
@@ -142,7 +143,7 @@ def test_twin_shares_the_loop_and_has_no_inner_solves(rng):
     assert isinstance(twin, LUSER) and type(twin).forward is LUSER.forward
     assert all(isinstance(r, FeedForwardRegularizer) for r in twin.regularizers)
     assert twin(physics(x), physics).shape == x.shape
-    assert twin.stats["steps"] == 2 and "iterations" not in twin.stats
+    assert twin.stats["steps"] == 2 and twin.stats["iterations"] is None and twin.stats["converged"] is None
 
 
 def test_saved_tensors_do_not_grow_with_inner_iterations(rng):
@@ -166,7 +167,8 @@ def test_saved_tensors_do_not_grow_with_inner_iterations(rng):
 def test_luser_saves_less_than_its_feedforward_twin(rng):
     physics, x = _physics("blur", rng)
     y = physics(x)
-    luser = LUSER(num_iter=3, channels=1, regularizer_kwargs=dict(width=8, contraction=0.8))
+    # 3x3 kernels like the twin's DnCNN: on 12x12 images the 5x5 weights would dominate the saved bytes
+    luser = LUSER(num_iter=3, channels=1, regularizer_kwargs=dict(width=8, contraction=0.8, kernel_size=3))
     twin = UnrolledFeedForward(num_iter=3, channels=1, regularizer_kwargs=dict(width=8, depth=20))
     a = saved_tensors_memory(luser, y, physics, x)["saved_bytes"]
     b = saved_tensors_memory(twin, y, physics, x)["saved_bytes"]
@@ -215,7 +217,8 @@ def test_trainer_lowers_the_loss(rng, tmp_path):
         compute_train_metrics=False,
     )
     trainer.train()
-    assert mse() < 0.8 * before
+    # the CG start and CG steps already give a good image (untrained): training still lowers the error
+    assert mse() < 0.95 * before
 
 
 @pytest.mark.parametrize(
@@ -259,3 +262,141 @@ def test_bench_settings_reach_the_models_and_bad_names_raise():
         bench_luser_quality(img_size=16, steps=1, models=("LUSER", "DnCNN"))
     with pytest.raises(ValueError, match="unknown problem"):
         make_problem("denoise")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# defaults, the package's own physics (task registry, small sizes), divergence, deepinv conventions, config
+
+
+def _task_problem(task, size=32):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from pretrained_reference import psnr, reference_problem
+
+    physics, x, y = reference_problem(task, size)
+    return physics, x, y, psnr
+
+
+def test_defaults_are_the_benchmarked_configuration():
+    cfg = LUSER(num_iter=2, channels=1).get_config()
+    assert (cfg["step_size"], cfg["data_consistency"], cfg["init"]) == ("auto", "cg", "cg")
+    reg = cfg["regularizer_kwargs"]
+    # deepinv_mol.bench.luser builds LUSER with kernel_size=5, anderson=0 (plain inner iterations), 60-iteration caps
+    assert (reg["kernel_size"], reg["anderson"], reg["backward_anderson"]) == (5, 0, 0)
+    assert (reg["max_iter"], reg["backward_max_iter"]) == (60, 60)
+    # what the user passes wins over the defaults
+    assert LUSER(num_iter=1, channels=1, regularizer_kwargs=dict(kernel_size=3)).get_config()[
+        "regularizer_kwargs"]["kernel_size"] == 3
+
+
+@pytest.mark.parametrize("task", ["mri-radial-4x", "ct-sparse-view"])
+def test_default_luser_on_nufft_mri_and_astra_ct(task):
+    physics, x, y, psnr = _task_problem(task)
+    torch.manual_seed(0)
+    model = LUSER(num_iter=3, channels=x.shape[1], regularizer_kwargs=dict(width=6))
+    with torch.no_grad():
+        x_hat = model(y, physics)
+    stats = model.stats
+    assert stats["converged"] is True and stats["diverged"] is False and stats["divergence"] is None
+    # the step size is 1/||A||^2 (NufftMRI and AstraCT here are unnormalised: ||A||^2 far from 1)
+    sqnorm = float(physics.compute_sqnorm(torch.randn_like(x), verbose=False))
+    assert stats["step_sizes"][0] == pytest.approx(1 / sqnorm, rel=0.05)
+    assert stats["data_residual"] < 0.1
+    # the CG data steps report their own work (capped at cg_max_iter each)
+    assert 3 <= stats["cg_iterations"] <= 3 * model.cg_max_iter and stats["cg_residual"] < 1
+    assert stats["cg_converged"] == (stats["cg_residual"] <= model.cg_tol)
+    # untrained, the CG start and CG steps already give a usable image (the near-identity regularizer keeps it)
+    assert min(psnr(x_hat, x)) > 25
+
+
+@pytest.mark.parametrize("task", ["mri-radial-4x", "ct-sparse-view"])
+def test_former_defaults_diverge_loudly(task):
+    """Issue 13: step 1.0, A^H y start and gradient steps gave PSNR -180 dB (MRI) / 1e8 outputs (CT) with
+    stats converged=True, diverged=False. Now: a RuntimeWarning and diverged=True, converged=False."""
+    physics, x, y, _ = _task_problem(task)
+    model = LUSER(num_iter=3, channels=x.shape[1], step_size=1.0, init="adjoint", data_consistency="gradient",
+                  regularizer_kwargs=dict(width=6, warn=False))
+    with pytest.warns(RuntimeWarning, match="LUSER diverged"):
+        with torch.no_grad():
+            model(y, physics)
+    assert model.stats["diverged"] is True and model.stats["converged"] is False
+    assert "divergence_factor" in model.stats["divergence"] or "non-finite" in model.stats["divergence"]
+
+
+def test_divergence_by_data_misfit_is_reported(rng):
+    physics, x = _physics("blur", rng)
+    y = physics(x)
+
+    class Flip(nn.Module):  # bounded growth (20x < divergence_factor), but throws the data away
+        def forward(self, v, sigma=None):
+            return -20 * v
+
+    model = LUSER(num_iter=1, regularizer=Flip(), data_consistency="gradient", init="adjoint", step_size=0.5)
+    with pytest.warns(RuntimeWarning, match="data misfit"):
+        model(y, physics)
+    assert model.stats["diverged"] is True and model.stats["data_residual"] > 10
+
+
+def test_compute_metrics_follows_deepinv(rng):
+    physics, x = _physics("blur", rng)
+    y = physics(x)
+    model = LUSER(num_iter=3, channels=1, regularizer_kwargs=SMALL).eval()
+    x_hat, metrics = model(y, physics, x_gt=x, compute_metrics=True)
+    assert torch.allclose(x_hat, model(y, physics), atol=1e-6)
+    assert set(metrics) == {"psnr", "residual"} and len(metrics["residual"]) == x.shape[0]
+    assert all(len(r) == 3 for r in metrics["residual"]) and all(len(p) == 4 for p in metrics["psnr"])  # x_0 too
+    final = dinv.metric.PSNR()(x_hat[:1], x[:1])
+    assert metrics["psnr"][0][-1] == pytest.approx(float(final), abs=1e-4)
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['sigma'\\]"):
+        model(y, physics, sigma=0.1)
+
+
+def test_deepinv_test_with_convergence_plots(rng, tmp_path):
+    """Issue 13: deepinv.test(..., plot_convergence_metrics=True) crashed on LUSER ('Tensor' has no 'keys')."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    physics, _ = _physics("blur", rng)
+    x = torch.rand(2, 1, 12, 12, generator=rng)
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i]
+
+    loader = torch.utils.data.DataLoader(Images(), batch_size=2)
+    model = LUSER(num_iter=2, channels=1, regularizer_kwargs=SMALL)
+    out = dinv.test(model, loader, physics, online_measurements=True, plot_convergence_metrics=True,
+                    save_folder=str(tmp_path), verbose=False, show_progress_bar=False)
+    assert out["PSNR"] > out["PSNR no learning"] + 1  # better than A^H y on random (hard to deblur) images
+    assert list((tmp_path / "convergence_metrics").glob("*"))
+
+
+@pytest.mark.parametrize("cls", [LUSER, UnrolledFeedForward])
+def test_rebuilt_from_config_gives_identical_outputs(cls, rng):
+    import json
+
+    physics, x = _physics("mri", rng)
+    y = physics(x)
+    kw = dict(width=6, depth=3) if cls is UnrolledFeedForward else dict(SMALL, kernel_size=3)
+    model = cls(num_iter=2, channels=2, step_size=0.3, cg_max_iter=7, init_max_iter=5, regularizer_kwargs=kw)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=rng))
+    cfg = json.loads(json.dumps(model.get_config()))
+    assert cfg == model.get_config() and "device" not in cfg
+    torch.manual_seed(123)
+    rebuilt = cls(**cfg)
+    assert rebuilt.get_config() == cfg
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(y, physics), model.eval()(y, physics))
+
+
+def test_config_of_user_regularizers_has_no_regularizer_kwargs():
+    cfg = LUSER(num_iter=2, regularizer=Identity()).get_config()
+    assert cfg["regularizer_kwargs"] is None
+    assert LUSER(regularizer=Identity(), **cfg).get_config() == cfg
