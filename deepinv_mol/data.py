@@ -379,26 +379,61 @@ class GroundTruthDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index):
-        item = self.dataset[index]
-        if isinstance(item, dict):
-            item = item["x"]
-        elif isinstance(item, (tuple, list)):
-            item = item[0]
-        return torch.as_tensor(item)
+        return image_of(self.dataset[index])
+
+
+def image_of(item) -> torch.Tensor:
+    r"""The ground-truth image of a dataset item: a tensor, a dict with ``"x"`` or a tuple ``(x, ...)``.
+
+    Real images come back as float32, complex ones unchanged.
+
+    :param item: what the dataset returned.
+    :return: the image tensor.
+
+    :Examples:
+
+        >>> import torch
+        >>> from deepinv_mol.data import image_of
+        >>> image_of({"x": torch.zeros(1, 4, 4, dtype=torch.float64), "y": 0}).dtype
+        torch.float32
+    """
+    if isinstance(item, dict):
+        if "x" not in item:
+            raise ValueError(f"dataset items that are dicts need an 'x' entry, got keys {sorted(item)}")
+        item = item["x"]
+    elif isinstance(item, (tuple, list)):
+        item = item[0]
+    tensor = torch.as_tensor(item)
+    return tensor if tensor.is_complex() else tensor.float()
 
 
 # ---------------------------------------------------------------------------------- phase and motion
 
 
-def item_generator(seed: int, *keys: int) -> torch.Generator:
-    r"""A CPU generator seeded from ``(seed, *keys)`` through numpy's ``SeedSequence`` (well mixed:
-    neighbouring keys give unrelated streams).
+def item_generator(seed: int, *keys: int, device: torch.device | str | None = None) -> torch.Generator:
+    r"""The one seeding scheme of the package: a generator seeded from ``(seed, *keys)`` through numpy's
+    ``SeedSequence`` (well mixed: neighbouring keys give unrelated streams).
+
+    Datasets key it by ``(epoch, item)``, training by ``(stream position)`` and ``(pass of the stream)``:
+    every random draw is a pure function of the seed and its keys, so a resumed run draws the same.
 
     :param int seed: the user's seed.
-    :param int keys: e.g. epoch and item index.
+    :param int keys: e.g. epoch and item index (any integers, negative ones included).
+    :param device: device of the generator (CPU by default).
+    :return: a seeded :class:`torch.Generator`.
+
+    :Examples:
+
+        >>> import torch
+        >>> from deepinv_mol.data import item_generator
+        >>> a = torch.rand(2, generator=item_generator(0, 1, 2))
+        >>> torch.equal(a, torch.rand(2, generator=item_generator(0, 1, 2)))
+        True
     """
-    state = np.random.SeedSequence([int(seed)] + [int(k) for k in keys]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    # SeedSequence takes non-negative words only: a negative k becomes 2**64 - k (non-negative keys unchanged)
+    words = [int(k) if int(k) >= 0 else 2**64 - int(k) for k in (seed, *keys)]
+    state = np.random.SeedSequence(words).generate_state(2, np.uint32)
+    return torch.Generator("cpu" if device is None else device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def smooth_random_phase(
@@ -527,14 +562,29 @@ def resize_images(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-def _crop_window(shape, crop, generator, random):
-    height, width = shape
-    ch, cw = crop
+def crop_window(shape: Sequence[int], crop: int | Sequence[int], generator: torch.Generator | None = None
+                ) -> tuple[slice, slice]:
+    r"""Rows and columns of a crop window: random offsets drawn from ``generator``, centred without one.
+
+    :param shape: image ``(H, W)``.
+    :param crop: window ``(h, w)`` or a side ``s`` for ``(s, s)``.
+    :param torch.Generator generator: draws the offsets; ``None`` centres the window.
+    :return: ``(rows, cols)`` slices, e.g. ``image[..., rows, cols]``.
+    :raises ValueError: the window is larger than the images.
+
+    :Examples:
+
+        >>> from deepinv_mol.data import crop_window
+        >>> crop_window((6, 6), 2)
+        (slice(2, 4, None), slice(2, 4, None))
+    """
+    height, width = (int(n) for n in shape)
+    ch, cw = _as_pair(crop)
     if ch > height or cw > width:
-        raise ValueError(f"crop {crop} larger than the images {shape}")
-    if random:
-        top = int(torch.randint(0, height - ch + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - cw + 1, (1,), generator=generator))
+        raise ValueError(f"crop {ch}x{cw} is larger than the images ({height}x{width})")
+    if generator is not None:
+        top = int(torch.randint(0, height - ch + 1, (1,), generator=generator, device=generator.device))
+        left = int(torch.randint(0, width - cw + 1, (1,), generator=generator, device=generator.device))
     else:
         top, left = (height - ch) // 2, (width - cw) // 2
     return slice(top, top + ch), slice(left, left + cw)
@@ -584,7 +634,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.images = images.float()
         self.crop_size = _as_pair(crop_size)
         if self.crop_size is not None:
-            _crop_window(tuple(images.shape[-2:]), self.crop_size, None, False)
+            crop_window(tuple(images.shape[-2:]), self.crop_size)
         self.random_crop, self.flip, self.complex = random_crop, flip, complex
         self.max_phase, self.seed, self.epoch = max_phase, int(seed), 0
 
@@ -598,7 +648,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def _image(self, index, generator):
         image = self.images[index]
         if self.crop_size is not None:
-            rows, cols = _crop_window(tuple(image.shape[-2:]), self.crop_size, generator, self.random_crop)
+            rows, cols = crop_window(tuple(image.shape[-2:]), self.crop_size, generator if self.random_crop else None)
             image = image[..., rows, cols]
         if self.flip and bool(torch.rand(1, generator=generator) < 0.5):
             image = image.flip(-1)
@@ -690,7 +740,7 @@ class VolumeDataset(torch.utils.data.Dataset):
         if volume.dim() == 4:  # complex slices (D, 2, H, W) -> (2, D, H, W)
             volume = volume.transpose(0, 1)
         if self.crop_size is not None:
-            rows, cols = _crop_window(tuple(volume.shape[-2:]), self.crop_size, generator, self.random_crop)
+            rows, cols = crop_window(tuple(volume.shape[-2:]), self.crop_size, generator if self.random_crop else None)
             volume = volume[..., rows, cols]
         if volume.dim() == 4:
             if not self.complex:
