@@ -255,6 +255,13 @@ def _non_finite(state: dict) -> list[str]:
     return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
 
 
+def _first_line(error: BaseException) -> str:
+    # torch's weights-only errors open with a long generic paragraph: keep the line that says what failed
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "Unsupported" in line or "invalid load key" in line]
+    return f"{type(error).__name__}: {(useful or lines or [''])[0][:200]}"
+
+
 def read_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
     r"""Read a training checkpoint written by :class:`StepTrainer`, safely.
 
@@ -279,8 +286,9 @@ def read_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 -- any failure of the reader means the same thing to the user
         text = str(error)
-        if "Weights only load failed" in text or "weights_only" in text:
-            detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        if "Unsupported global" in text or "GLOBAL" in text:
+            detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "")
+            detail = detail.split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
             raise CheckpointError(
                 f"refusing to load {path}: it holds Python objects, not only tensors and numbers"
                 f"{' (' + detail + ')' if detail else ''}; a checkpoint of deepinv-mol never does, so it was written "
@@ -288,7 +296,7 @@ def read_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
             ) from None
         raise CheckpointError(
             f"checkpoint {path} ({size} bytes) is not a readable PyTorch file: truncated, corrupt or not a "
-            f"checkpoint ({type(error).__name__}: {text.splitlines()[0][:200] if text else ''})"
+            f"checkpoint ({_first_line(error)})"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a training checkpoint: it holds a {type(ckpt).__name__}, not a dict")
