@@ -29,14 +29,14 @@ class GroundTruthDataset(torch.utils.data.Dataset):
     :param torch.utils.data.Dataset dataset: the wrapped dataset.
     """
 
-    def __init__(self, dataset):
+    def __init__(self, dataset: torch.utils.data.Dataset):
         super().__init__()
         self.dataset = dataset
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> torch.Tensor:
         return image_of(self.dataset[index])
 
 
@@ -84,7 +84,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         images: torch.Tensor,
-        crop_size=None,
+        crop_size: int | tuple[int, int] | None = None,
         random_crop: bool = False,
         flip: bool = False,
         complex: bool = False,
@@ -104,11 +104,11 @@ class SliceDataset(torch.utils.data.Dataset):
         self.random_crop, self.flip, self.complex = random_crop, flip, complex
         self.max_phase, self.seed, self.epoch = max_phase, int(seed), 0
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self, epoch: int) -> None:
         r"""Use the random draws of ``epoch`` (like ``DistributedSampler.set_epoch``)."""
         self.epoch = int(epoch)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.images.shape[0]
 
     def _image(self, index, generator):
@@ -120,7 +120,7 @@ class SliceDataset(torch.utils.data.Dataset):
             image = image.flip(-1)
         return image
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> torch.Tensor:
         generator = item_generator(self.seed, self.epoch, index)
         image = self._image(index, generator)
         # copies, never views: a caller editing an item in place must not change the dataset
@@ -141,13 +141,13 @@ class MotionDataset(SliceDataset):
     :param dict motion: keyword arguments of :func:`smooth_motion` (amplitudes).
     """
 
-    def __init__(self, images, frames: int = 8, motion: dict | None = None, **kwargs):
+    def __init__(self, images: torch.Tensor, frames: int = 8, motion: dict | None = None, **kwargs):
         super().__init__(images, **kwargs)
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         self.frames, self.motion = int(frames), dict(motion or {})
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> torch.Tensor:
         generator = item_generator(self.seed, self.epoch, index)
         image = self._image(index, generator)
         if self.complex and image.dim() == 2:
@@ -173,7 +173,8 @@ class VolumeDataset(torch.utils.data.Dataset):
     :param int seed: the seed of every random draw.
     """
 
-    def __init__(self, stack: SliceStack, depth: int = 16, stride: int = 8, crop_size=None,
+    def __init__(self, stack: SliceStack, depth: int = 16, stride: int = 8,
+                 crop_size: int | tuple[int, int] | None = None,
                  random_crop: bool = False, complex: bool = True, max_phase: float = math.pi, seed: int = 0):
         super().__init__()
         if depth < 1 or stride < 1:
@@ -192,14 +193,14 @@ class VolumeDataset(torch.utils.data.Dataset):
         self.random_crop, self.complex, self.max_phase = random_crop, complex, max_phase
         self.seed, self.epoch = int(seed), 0
 
-    def set_epoch(self, epoch: int):
+    def set_epoch(self, epoch: int) -> None:
         r"""Use the random draws of ``epoch``."""
         self.epoch = int(epoch)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.starts)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: int) -> torch.Tensor:
         generator = item_generator(self.seed, self.epoch, index)
         start = self.starts[index]
         volume = self.stack.images[start : start + self.depth]

@@ -70,7 +70,8 @@ class SliceStack(NamedTuple):
     blocks: torch.Tensor
 
 
-def slab_layout(cycle: Sequence[tuple[str, int]], n_cycles: int, first: int = 0):
+def slab_layout(cycle: Sequence[tuple[str, int]], n_cycles: int, first: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Split consecutive slices into slabs: the pattern ``cycle`` repeated ``n_cycles`` times.
 
     Each ``(name, length)`` of ``cycle`` takes the next ``length`` slices; ``name`` is ``"train"``,
@@ -344,7 +345,7 @@ def load_image_stack(path: str | pathlib.Path) -> torch.Tensor:
 # ------------------------------------------------------------------------------------- deepinv datasets
 
 
-def deepinv_dataset(name: str, root: str | pathlib.Path, **kwargs):
+def deepinv_dataset(name: str, root: str | pathlib.Path, **kwargs) -> torch.utils.data.Dataset:
     r"""One of deepinv's real-data datasets, read from files the user already has (never downloaded).
 
     ``"fastmri"`` -> :class:`deepinv.datasets.FastMRISliceDataset`, ``"calgary"`` ->
