@@ -1,59 +1,105 @@
-r"""Training glue behind ``deepinv-mol train``: :class:`deepinv.Trainer` made step-exact and resumable.
+r"""Training behind ``deepinv-mol train`` and the LUSER quality benchmark: ONE step loop, exactly resumable.
 
-What :class:`deepinv.Trainer` (deepinv 0.5.0) offers and where it falls short for this project:
+**Why not** :class:`deepinv.Trainer` (studied in deepinv 0.5.0, ``deepinv/training/trainer.py``). It trains by
+*epochs* and resumes at an epoch boundary only (``load_model`` sets ``epoch_start = epoch + 1``); its checkpoint
+holds model, optimiser and scheduler but neither the random-number-generator states nor the position in the
+data stream; online measurements draw their noise from the physics' own generator (``physics(x)``); it saves
+with a plain ``torch.save`` (a kill during the write leaves a truncated file) into a fresh timestamped folder
+(``os.makedirs(exist_ok=False)``); its ``load_model`` calls ``torch.load(weights_only=False)`` (runs code from
+the file); it has no notion of data-parallel ranks. A resumed deepinv run therefore does not see the same
+data, crops and noise as an uninterrupted one, and the project's step-exact kill-and-resume cannot be built
+on it without overriding most of its loop and reaching into its internals (the previous version of this module
+overrode 7 methods and used 13 private attributes, which any deepinv minor release can break). So the loop is
+ours -- about 100 lines, :class:`StepTrainer` -- and only deepinv's *parts* are reused: its losses (any
+:class:`deepinv.loss.Loss`, called as deepinv's Trainer calls them), its metrics (:class:`deepinv.loss.metric.PSNR`)
+and its datasets. Everything that trains in this package goes through :class:`StepTrainer`:
+:func:`train` (``deepinv-mol train``) and :func:`deepinv_mol.bench.luser.bench_luser_quality`.
 
-* it trains by *epochs*, saves a checkpoint at the end of an epoch (never after epoch 0), writes it with
-  a plain ``torch.save`` (a kill during the write leaves a truncated file) into a fresh timestamped folder
-  (``os.makedirs(exist_ok=False)``), and its checkpoint holds model, optimiser and scheduler but neither the
-  random-number-generator states nor the position in the data stream: a resumed run does not see the same
-  data, noise or crops as an uninterrupted one;
-* it has no notion of data-parallel ranks (its ``save_model`` would be called by every process).
-
-:class:`ResumableTrainer` subclasses it and keeps its per-batch machinery (``step``, ``compute_loss``,
-``compute_metrics``, the loss/metric meters and histories, ``save_best_model``); it replaces the outer loop by
-a *step* loop in rounds of ``eval_every`` steps (validation + atomic checkpoint after every round) and one
-progress bar over all steps showing the loss and the last validation PSNR.
-
-Exact resumption rests on one idea: every random draw of step :math:`s` is a pure function of
+**Exact resumption** rests on one idea: every random draw of step :math:`s` is a pure function of
 ``(seed, s)``. The data stream is the concatenation of seeded permutations of the training set
-(:class:`SeededStreamSampler`); the crop offsets, phase, coil and noise draws of the sample at stream
-position :math:`p` come from a generator seeded with ``(seed, p)``. A checkpoint therefore needs only the
-step counter on top of model, optimiser, scheduler and the global RNG states (kept for anything else that
-draws from them, e.g. power iterations in a Lipschitz penalty). The same per-position seeding makes a
+(:func:`stream_index`); the crop offset and the noise of the sample at stream position :math:`p` come from
+:func:`deepinv_mol.data.item_generator` keyed by ``p`` (the package's one seeding scheme). A checkpoint then
+needs only the step counter on top of model, optimiser, scheduler and the global RNG states (kept for
+anything else that draws from them, e.g. power iterations). The same per-position seeding makes a
 data-parallel run see exactly the union batch of a single-process run: under ``torchrun`` each of the
 :math:`W` ranks takes its contiguous share of every global batch and DistributedDataParallel averages the
 gradients (gloo on CPU, NCCL on GPU).
+
+**Checkpoints hold data, never code.** ``checkpoint.pt`` contains only tensors, numbers, strings, lists and
+dicts (the numpy RNG state is stored as a tensor), and is read with ``torch.load(weights_only=True)``
+(:func:`read_checkpoint`): a file holding any other Python object is refused with :class:`CheckpointError`
+before anything in it runs. Truncated, empty or foreign files and non-finite weights are refused with a
+message naming the file. A non-finite training loss stops the run (:class:`NonFiniteLossError`, naming the
+step) and leaves the last checkpoint in place.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from deepinv.training import Trainer
-from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .data import crop_window, image_of, item_generator
+
+__all__ = [
+    "BEST",
+    "CHECKPOINT",
+    "CURVES",
+    "FINAL",
+    "HISTORY",
+    "CheckpointError",
+    "NonFiniteLossError",
+    "StepTrainer",
+    "atomic_save",
+    "export_weights",
+    "init_distributed",
+    "plot_curves",
+    "read_checkpoint",
+    "stream_batch",
+    "stream_index",
+    "train",
+    "unwrap",
+    "validation_set",
+]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 FINAL = "final.pt"
 HISTORY = "history.json"
 CURVES = "curves.png"
+_FORMAT = "deepinv-mol-checkpoint/2"  # 2: plain data only (weights_only loading)
+_REQUIRED = ("step", "state_dict", "optimizer", "scheduler", "rng", "step_losses", "val_curve", "best_psnr",
+             "train_seconds", "run_config")
 
-_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads (seed, position) pairs over 63-bit seeds
+
+class CheckpointError(ValueError):
+    r"""A checkpoint cannot be used: unreadable, not plain data, incomplete, or holding non-finite weights."""
+
+
+class NonFiniteLossError(RuntimeError):
+    r"""The training loss became NaN or infinite; the run stopped and its last checkpoint was kept."""
+
+
+# ------------------------------------------------------------------------------------------- the data stream
+
+_MIX = 0x9E3779B97F4A7C15
 
 
 def mix_seed(seed: int, *values: int) -> int:
-    r"""A deterministic 63-bit seed from ``seed`` and integers (splitmix64 mixing).
+    r"""Legacy splitmix64 mixing, kept only for ``deepinv_mol.cli``'s evaluation noise (so published tables keep
+    their exact numbers). New code uses :func:`deepinv_mol.data.item_generator`, the package's seeding scheme.
 
     :param int seed: base seed.
-    :param int values: further integers (step, stream position, epoch of the stream, ...).
+    :param int values: further integers.
+    :return: a 63-bit seed.
     """
     z = (int(seed) * _MIX) & 0xFFFFFFFFFFFFFFFF
     for v in values:
@@ -64,124 +110,109 @@ def mix_seed(seed: int, *values: int) -> int:
     return z & 0x7FFFFFFFFFFFFFFF
 
 
+_STREAM_KEY = 1  # keys of item_generator: (1, pass) for the permutations, (2, position) for a sample's draws
+_SAMPLE_KEY = 2
+_VALIDATION_KEY = 3
+_PERMS: dict = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    key = (n, seed, epoch)
+    if key not in _PERMS:
+        if len(_PERMS) > 64:
+            _PERMS.clear()
+        _PERMS[key] = torch.randperm(n, generator=item_generator(seed, _STREAM_KEY, epoch))
+    return _PERMS[key]
+
+
 def stream_index(position: int, n_items: int, seed: int) -> int:
     r"""Dataset index at a position of the seeded data stream.
 
     The stream is :math:`\pi_0, \pi_1, \dots` where :math:`\pi_e` is a random permutation of
-    :math:`\{0, \dots, n-1\}` drawn from a generator seeded with ``(seed, e)``: every item is seen once per
-    pass, and position :math:`p` is item :math:`\pi_{\lfloor p/n \rfloor}(p \bmod n)`.
+    :math:`\{0, \dots, n-1\}` drawn from :func:`~deepinv_mol.data.item_generator` keyed by pass :math:`e`: every
+    item is seen once per pass, and position :math:`p` is item :math:`\pi_{\lfloor p/n \rfloor}(p \bmod n)`.
 
     :param int position: stream position :math:`p \ge 0`.
     :param int n_items: dataset length :math:`n`.
     :param int seed: stream seed.
+    :return: the dataset index.
+
+    :Examples:
+
+        >>> from deepinv_mol.training import stream_index
+        >>> sorted(stream_index(p, 5, seed=0) for p in range(5))  # one pass: a permutation
+        [0, 1, 2, 3, 4]
     """
     epoch, offset = divmod(int(position), int(n_items))
     return int(_permutation(int(n_items), int(seed), epoch)[offset])
 
 
-_PERMS: dict = {}
+def _rank_positions(step: int, batch_size: int, rank: int, world_size: int) -> range:
+    if batch_size % world_size:
+        raise ValueError(f"batch size {batch_size} must be a multiple of the number of processes {world_size}")
+    local = batch_size // world_size
+    start = step * batch_size + rank * local
+    return range(start, start + local)
 
 
-def _permutation(n, seed, epoch):
-    key = (n, seed, epoch)
-    if key not in _PERMS:
-        if len(_PERMS) > 64:
-            _PERMS.clear()
-        g = torch.Generator().manual_seed(mix_seed(seed, epoch))
-        _PERMS[key] = torch.randperm(n, generator=g)
-    return _PERMS[key]
+def stream_batch(
+    dataset,
+    simulate: Callable,
+    physics,
+    step: int,
+    *,
+    batch_size: int,
+    crop: int | None,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""This rank's share of global batch ``step``: stream positions :math:`[sB + rL, sB + (r+1)L)`, :math:`L = B/W`.
 
-
-class SeededStreamSampler(Sampler):
-    r"""Stream positions of a rank's share of ``n_steps`` global batches, starting at ``first_step``.
-
-    Global batch :math:`s` covers stream positions :math:`[sB, (s+1)B)`; rank :math:`r` of :math:`W` takes the
-    contiguous block :math:`[sB + rL, sB + (r+1)L)` with :math:`L = B/W`. Stateless: the whole sampler state
-    is ``first_step``, so a resumed run rebuilds it from the step counter.
-
-    :param int batch_size: global batch size :math:`B` (a multiple of ``world_size``).
-    :param int first_step: first global step.
-    :param int n_steps: number of steps.
-    :param int rank: this process's rank :math:`r`.
-    :param int world_size: number of processes :math:`W`.
-    """
-
-    def __init__(self, batch_size: int, first_step: int, n_steps: int, rank: int = 0, world_size: int = 1):
-        if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} must be a multiple of the number of processes {world_size}")
-        self.batch_size, self.first_step, self.n_steps = int(batch_size), int(first_step), int(n_steps)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.local = self.batch_size // self.world_size
-
-    def __iter__(self):
-        for s in range(self.first_step, self.first_step + self.n_steps):
-            start = s * self.batch_size + self.rank * self.local
-            yield from range(start, start + self.local)
-
-    def __len__(self):
-        return self.n_steps * self.local
-
-
-class StreamDataset(Dataset):
-    r"""Reads a dataset through the seeded stream: item ``p`` is ``{"x": image, "pos": p}``.
+    Each sample is read at its stream position (:func:`stream_index`; datasets with ``set_epoch`` get the pass
+    number), cropped at a random offset and simulated with ``simulate(x, physics, generator)``, the generator
+    keyed by the position: the batch is a pure function of ``(seed, step)``.
 
     :param torch.utils.data.Dataset dataset: images ``(C, H, W)`` (tensors, dicts with ``"x"`` or tuples).
-    :param int seed: stream seed (see :func:`stream_index`).
+    :param Callable simulate: ``simulate(x, physics, generator) -> y`` or ``(x, y)``.
+    :param physics: the forward operator.
+    :param int step: global step :math:`s`.
+    :param int batch_size: global batch size :math:`B` (a multiple of ``world_size``).
+    :param int crop: square crop side (``None``: whole images).
+    :param int seed: stream seed.
+    :param int rank: this process's rank :math:`r`.
+    :param int world_size: number of processes :math:`W`.
+    :param device: device of the batch.
+    :return: ``(x, y)``.
     """
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed = dataset, int(seed)
-
-    def __len__(self):
-        # positions are unbounded; deepinv's dataset check only needs item 0 and a positive length
-        return 2**62
-
-    def __getitem__(self, position):
-        n = len(self.dataset)
-        if hasattr(self.dataset, "set_epoch"):
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the training set is empty")
+    xs, ys = [], []
+    for position in _rank_positions(int(step), int(batch_size), int(rank), int(world_size)):
+        if hasattr(dataset, "set_epoch"):
             # datasets with seeded augmentation (deepinv_mol.data) draw anew on every pass of the stream
-            self.dataset.set_epoch(position // n)
-        x = image_of(self.dataset[stream_index(position, n, self.seed)])
-        return {"x": x, "pos": torch.tensor(position, dtype=torch.long)}
+            dataset.set_epoch(position // n)
+        x = image_of(dataset[stream_index(position, n, seed)]).to(device)
+        gen = item_generator(seed, _SAMPLE_KEY, position, device=device)
+        if crop is not None:
+            rows, cols = crop_window(x.shape[-2:], crop, gen)
+            x = x[..., rows, cols]
+        out = simulate(x[None], physics, gen)
+        x_out, y = out if isinstance(out, tuple) else (x[None], out)
+        xs.append(x_out)
+        ys.append(y)
+    return torch.cat(xs), torch.cat(ys)
 
 
-def image_of(item) -> torch.Tensor:
-    r"""The ground-truth image of a dataset item (a tensor, a dict with ``"x"``, or a tuple ``(x, ...)``).
-
-    :param item: what the dataset returned.
-    """
-    if isinstance(item, dict):
-        item = item["x"]
-    elif isinstance(item, (tuple, list)):
-        item = item[0]
-    return torch.as_tensor(item, dtype=torch.float32)
-
-
-def random_crop(x: torch.Tensor, size: int | None, generator: torch.Generator | None) -> torch.Tensor:
-    r"""Crop the last two dimensions of ``x`` to ``size × size``, at a random offset (centred if no generator).
-
-    :param torch.Tensor x: image ``(..., H, W)``.
-    :param int size: crop side (``None``: no crop).
-    :param torch.Generator generator: draws the offsets; ``None`` centres the crop.
-    :raises ValueError: the image is smaller than the crop.
-    """
-    if size is None:
-        return x
-    H, W = x.shape[-2:]
-    if size > H or size > W:
-        raise ValueError(f"crop {size} is larger than the images ({H}x{W})")
-    if generator is None:
-        i, j = (H - size) // 2, (W - size) // 2
-    else:
-        i = int(torch.randint(0, H - size + 1, (1,), generator=generator))
-        j = int(torch.randint(0, W - size + 1, (1,), generator=generator))
-    return x[..., i : i + size, j : j + size]
+# ------------------------------------------------------------------------------------------- files
 
 
 def atomic_save(obj, path: str | Path) -> None:
     r"""``torch.save`` to a temporary file in the same folder, then ``os.replace``: a crash leaves the old file.
 
-    :param obj: what to save.
+    :param obj: what to save (plain data: tensors, numbers, strings, lists, dicts).
     :param str path: destination.
     """
     path = Path(path)
@@ -196,24 +227,97 @@ def _atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def rng_state() -> dict:
-    r"""The global RNG states (python, numpy, torch CPU and CUDA), for checkpoints."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def _rng_state() -> dict:
+    # plain data only: the numpy state becomes a tensor and numbers (weights_only loading accepts it)
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    r"""Restore what :func:`rng_state` returned.
-
-    :param dict state: saved states.
-    """
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def _set_rng_state(state: dict) -> None:
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _non_finite(state: dict) -> list[str]:
+    return [k for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(v.isfinite().all())]
+
+
+def _first_line(error: BaseException) -> str:
+    # torch's weights-only errors open with a long generic paragraph: keep the line that says what failed
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "Unsupported" in line or "invalid load key" in line]
+    return f"{type(error).__name__}: {(useful or lines or [''])[0][:200]}"
+
+
+def read_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict:
+    r"""Read a training checkpoint written by :class:`StepTrainer`, safely.
+
+    Read with ``torch.load(weights_only=True)``: only tensors, numbers, strings, lists, tuples and dicts are
+    accepted, so a file carrying any other Python object (a crafted pickle that would run code) is refused
+    before anything in it runs.
+
+    :param str path: the ``checkpoint.pt`` file.
+    :param map_location: where to put the tensors.
+    :return: the checkpoint dict.
+    :raises FileNotFoundError: no such file.
+    :raises CheckpointError: empty, truncated or not a checkpoint (text, random bytes, another program's file),
+        holding Python objects, missing entries, or non-finite model weights -- the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): delete it and train afresh")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- any failure of the reader means the same thing to the user
+        text = str(error)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            detail = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), "")
+            detail = detail.split(" was not an allowed")[0].replace("WeightsUnpickler error: ", "")
+            raise CheckpointError(
+                f"refusing to load {path}: it holds Python objects, not only tensors and numbers"
+                f"{' (' + detail + ')' if detail else ''}; a checkpoint of deepinv-mol never does, so it was written "
+                "by something else (or crafted): nothing in it was run"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint {path} ({size} bytes) is not a readable PyTorch file: truncated, corrupt or not a "
+            f"checkpoint ({_first_line(error)})"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a training checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing or ckpt.get("format") != _FORMAT:
+        raise CheckpointError(
+            f"{path} is not a training checkpoint of this version (format {ckpt.get('format')!r}, expected "
+            f"{_FORMAT!r}; missing entries: {', '.join(missing) or 'none'})"
+        )
+    bad = _non_finite(ckpt["state_dict"])
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite (NaN/Inf) weights in {', '.join(bad[:5])}"
+            f"{' ...' if len(bad) > 5 else ''}: resuming would train from garbage; restart from an earlier run"
+        )
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------------- distributed
 
 
 def init_distributed() -> tuple[int, int, torch.device]:
@@ -252,252 +356,9 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     r"""The module inside a DistributedDataParallel wrapper (or the model itself).
 
     :param torch.nn.Module model: possibly wrapped model.
+    :return: the bare module.
     """
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-@dataclass
-class ResumableTrainer(Trainer):
-    r"""A :class:`deepinv.Trainer` that trains a number of *steps*, exactly resumable, data-parallel aware.
-
-    Reuses deepinv's ``step`` (forward, losses, backward, optimiser step, metrics) and adds: a seeded data
-    stream, per-sample seeded simulation of measurements, rounds of ``eval_every`` steps ending in validation
-    and an atomic checkpoint, one progress bar, RNG states in checkpoints, rank-0-only writing. See the
-    module docstring for why deepinv's own loop falls short.
-
-    Extra fields (all keyword):
-
-    :param Callable simulate: ``simulate(x, physics, generator) -> y`` (a task's measurement simulation).
-    :param torch.utils.data.Dataset train_dataset: training images ``(C, H, W)``.
-    :param int steps: total number of optimiser steps.
-    :param int batch_size: global batch size (split over the ranks).
-    :param int crop: square training crop (``None``: whole images).
-    :param int seed: seed of the data stream, crops and simulation.
-    :param int eval_every: steps per round (validation + checkpoint).
-    :param int stop_after: stop after this many steps (a planned interruption; ``--resume`` continues).
-    :param str out_dir: folder for checkpoints, history and curves (``None``: write nothing).
-    :param int rank: process rank.
-    :param int world_size: number of processes.
-    :param dict run_config: settings saved with checkpoints; a resume must match them.
-    :param bool progress: show the progress bar.
-    """
-
-    simulate: object = None
-    train_dataset: object = None
-    steps: int = 100
-    batch_size: int = 4
-    crop: int | None = None
-    seed: int = 0
-    eval_every: int = 50
-    stop_after: int | None = None
-    out_dir: str | Path | None = None
-    rank: int = 0
-    world_size: int = 1
-    run_config: dict = field(default_factory=dict)
-    progress: bool = True
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.global_step = 0
-        self.step_losses: list = []
-        self.val_curve: list = []  # (step, PSNR)
-        self.train_seconds = 0.0
-        self.best_psnr = -float("inf")
-        self.out_dir = Path(self.out_dir) if self.out_dir else None
-
-    # ---------------------------------------------------------------- data
-    def _loader(self, first_step: int, n_steps: int) -> DataLoader:
-        sampler = SeededStreamSampler(self.batch_size, first_step, n_steps, self.rank, self.world_size)
-        return DataLoader(
-            StreamDataset(self.train_dataset, self.seed), batch_size=sampler.local, sampler=sampler, num_workers=0
-        )
-
-    def get_samples_online(self, iterators, g):
-        r"""Next training batch: crop and simulate every sample with a generator seeded by its stream position.
-
-        Overrides deepinv's version (``y = physics(x)`` with the physics' own RNG), which a resumed or
-        data-parallel run cannot reproduce.
-
-        :param list iterators: data iterators.
-        :param int g: dataloader index.
-        """
-        data = next(iterators[g])
-        physics = self.physics[g]
-        xs, ys = [], []
-        for x, pos in zip(data["x"], data["pos"]):
-            gen = torch.Generator(self.device).manual_seed(mix_seed(self.seed, int(pos)))
-            x = random_crop(x.to(self.device), self.crop, gen)[None]
-            out = self.simulate(x, physics, gen)
-            x, y = out if isinstance(out, tuple) else (x, out)
-            xs.append(x)
-            ys.append(y)
-        return torch.cat(xs), torch.cat(ys), physics
-
-    def get_samples(self, iterators, g):
-        r"""Training batches are simulated online (:meth:`get_samples_online`), validation ones are fixed.
-
-        :param list iterators: data iterators.
-        :param int g: dataloader index.
-        """
-        if iterators is self.current_train_iterators:
-            return self.get_samples_online(iterators, g)
-        return self.get_samples_offline(iterators, g)
-
-    # ---------------------------------------------------------------- checkpoints
-    def save_model(self, filename, epoch=None, state=None):
-        r"""Write weights (``best.pt``/``final.pt``) or the full training state (``checkpoint.pt``), atomically.
-
-        Only rank 0 writes. Deepinv's ``save_best_model`` calls this with ``"ckp_best.pth.tar"``, which is
-        mapped to ``best.pt`` (weights only: what ``load_pretrained`` reads).
-
-        :param str filename: ``"checkpoint.pt"``, ``"best.pt"``, ``"final.pt"`` or deepinv's ``"ckp_best.pth.tar"``.
-        :param int epoch: unused (deepinv's signature); the step counter is saved instead.
-        :param dict state: extra entries for the full checkpoint.
-        """
-        if self.rank != 0 or self.out_dir is None:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        model = unwrap(self.model)
-        if filename in ("ckp_best.pth.tar", BEST, FINAL):
-            name = BEST if filename != FINAL else FINAL
-            atomic_save(model.state_dict(), self.out_dir / name)
-            return
-        full = dict(state or {}) | {
-            "step": self.global_step,
-            "state_dict": model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "rng": rng_state(),
-            "step_losses": self.step_losses,
-            "val_curve": self.val_curve,
-            "best_psnr": self.best_psnr,
-            "train_seconds": self.train_seconds,
-            "eval_metrics": self.eval_metrics_history,
-            "run_config": self.run_config,
-        }
-        atomic_save(full, self.out_dir / filename)
-
-    def load_checkpoint(self, path: str | Path) -> None:
-        r"""Restore a full training state written by :meth:`save_model` (``checkpoint.pt``).
-
-        :param str path: checkpoint file.
-        :raises ValueError: the checkpoint was written with different settings (task, model, batch, ...).
-        """
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        saved = ckpt.get("run_config", {})
-        diff = {k: (saved.get(k), v) for k, v in self.run_config.items() if k in saved and saved.get(k) != v}
-        if diff:
-            detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"cannot resume {path}: settings differ ({detail})")
-        unwrap(self.model).load_state_dict(ckpt["state_dict"])
-        if self.optimizer is not None and ckpt["optimizer"] is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt["scheduler"] is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        self.global_step = int(ckpt["step"])
-        self.step_losses = list(ckpt["step_losses"])
-        self.val_curve = [tuple(v) for v in ckpt["val_curve"]]
-        self.best_psnr = float(ckpt["best_psnr"])
-        self.train_seconds = float(ckpt["train_seconds"])
-        self._resumed_eval_metrics = ckpt.get("eval_metrics", {})
-
-    def save_best_model(self, epoch, train_ite, **kwargs):
-        r"""Save ``best.pt`` when the validation PSNR improves (deepinv's rule, our file layout).
-
-        :param int epoch: round index (deepinv's signature).
-        :param int train_ite: global step.
-        """
-        if self.val_curve and self.val_curve[-1][1] >= self.best_psnr:
-            self.best_psnr = self.val_curve[-1][1]
-            self.save_model(BEST)
-
-    # ---------------------------------------------------------------- loop
-    def setup_train(self, train: bool = True, **kwargs):
-        r"""deepinv's setup without its timestamped output folder (we write into ``out_dir``).
-
-        :param bool train: training (``True``) or testing.
-        """
-        self.save_path = None  # our own folder: deepinv would create save_path/<timestamp>/ (exist_ok=False)
-        self.train_dataloader = [self._loader(self.global_step, 1)]
-        super().setup_train(train=train, **kwargs)
-        if getattr(self, "_resumed_eval_metrics", None):
-            self.eval_metrics_history.update(self._resumed_eval_metrics)
-
-    def train(self):
-        r"""Run (or continue) training up to ``steps`` (or ``stop_after``) steps.
-
-        :return: the trained model (unwrapped).
-        """
-        from tqdm import tqdm
-
-        self.setup_train()
-        stop = self.steps if self.stop_after is None else min(self.steps, int(self.stop_after))
-        bar = tqdm(
-            total=self.steps,
-            initial=self.global_step,
-            dynamic_ncols=True,
-            disable=not (self.progress and self.rank == 0),
-            desc="train",
-        )
-        round_idx = self.global_step // self.eval_every
-        while self.global_step < stop:
-            n = min(self.eval_every - self.global_step % self.eval_every, stop - self.global_step)
-            self.reset_metrics()
-            self.current_train_iterators = [iter(self._loader(self.global_step, n))]
-            self.current_eval_iterators = None
-            self.model.train()
-            tic = time.perf_counter()
-            for _ in range(n):
-                self.step(round_idx, bar, train_ite=self.global_step, train=True, last_batch=False)
-                loss = float(self.logs_total_loss_train.val)
-                if self.world_size > 1:
-                    loss = _mean_over_ranks(loss)
-                self.step_losses.append(loss)
-                self.global_step += 1
-                bar.update(1)
-                postfix = {"loss": f"{loss:.3e}"}
-                if self.val_curve:
-                    postfix["val_psnr"] = f"{self.val_curve[-1][1]:.2f}"
-                bar.set_postfix(postfix)
-            self.train_seconds += time.perf_counter() - tic
-            if self.global_step % self.eval_every == 0 or self.global_step == self.steps:
-                self._validate(round_idx)
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                round_idx += 1
-            self.save_model(CHECKPOINT)
-            self._write_history()
-        bar.close()
-        if self.global_step >= self.steps:
-            self.save_model(FINAL)
-        return unwrap(self.model)
-
-    def _validate(self, round_idx):
-        if not self.eval_dataloader:
-            return
-        self.current_eval_iterators = [iter(loader) for loader in self.eval_dataloader]
-        n_batches = min(len(loader) for loader in self.eval_dataloader)
-        for j in range(n_batches):
-            self.step(round_idx, None, train=False, last_batch=False)
-        name = self.metrics[0].__class__.__name__
-        value = float(self.logs_metrics_eval[0].avg)
-        self.eval_metrics_history.setdefault(name, []).append(value)
-        self.val_curve.append((self.global_step, value))
-        self.save_best_model(round_idx, self.global_step)
-
-    def _write_history(self):
-        if self.rank != 0 or self.out_dir is None:
-            return
-        history = {
-            "run_config": self.run_config,
-            "step": self.global_step,
-            "train_seconds": round(self.train_seconds, 2),
-            "loss": self.step_losses,
-            "val_psnr": [[s, v] for s, v in self.val_curve],
-        }
-        _atomic_write_text(json.dumps(history), self.out_dir / HISTORY)
-        plot_curves(history, self.out_dir / CURVES)
 
 
 def _mean_over_ranks(value: float) -> float:
@@ -506,6 +367,223 @@ def _mean_over_ranks(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t) / dist.get_world_size()
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+class StepTrainer:
+    r"""The package's one training loop: a number of optimiser *steps* in rounds, exactly resumable.
+
+    Step :math:`s` takes ``batches(s) -> (x, y)``, computes ``x_net = model(y, physics)`` and the total loss
+    :math:`\sum_k \operatorname{mean}(\ell_k(x, x_{\text{net}}, y, \text{physics}, \text{model}))` (deepinv's
+    loss call, so any :class:`deepinv.loss.Loss` works), stops with :class:`NonFiniteLossError` if that is not
+    finite, then back-propagates and steps the optimiser. Every ``eval_every`` steps a round ends: validation
+    (``validate(model) -> PSNR``, ``best.pt`` when it improves), one scheduler step, and an atomic
+    ``checkpoint.pt`` + ``history.json`` + ``curves.png`` in ``out_dir``. Only rank 0 writes.
+
+    For exact resumption ``batches`` must be a pure function of the step (as :func:`stream_batch` is); the
+    checkpoint then restores everything else (model, optimiser, scheduler, RNG states, counters, history).
+
+    :param torch.nn.Module model: the reconstructor (possibly DistributedDataParallel-wrapped).
+    :param torch.optim.Optimizer optimizer: its optimiser.
+    :param Callable batches: ``batches(step) -> (x, y)``.
+    :param physics: forward operator passed to the model and the losses.
+    :param list losses: deepinv-style losses ``l(x=, x_net=, y=, physics=, model=, epoch=)``.
+    :param int steps: total number of steps.
+    :param scheduler: learning-rate scheduler stepped once per round (or ``None``).
+    :param int eval_every: steps per round (``None``: one round).
+    :param Callable validate: ``validate(model) -> float`` validation PSNR, run in eval mode without gradients.
+    :param int stop_after: stop after this many steps in total (a planned interruption; resume continues).
+    :param str out_dir: folder for checkpoints, history and curves (``None``: write nothing).
+    :param int rank: process rank.
+    :param int world_size: number of processes.
+    :param dict run_config: settings saved with checkpoints; a resume must match them.
+    :param bool progress: show a progress bar (loss and last validation PSNR).
+    :param str desc: progress bar label.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+        physics,
+        *,
+        losses: Sequence[Callable],
+        steps: int,
+        scheduler=None,
+        eval_every: int | None = None,
+        validate: Callable[[torch.nn.Module], float] | None = None,
+        stop_after: int | None = None,
+        out_dir: str | Path | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        run_config: dict | None = None,
+        progress: bool = True,
+        desc: str = "train",
+    ):
+        self.model, self.optimizer, self.batches, self.physics = model, optimizer, batches, physics
+        self.losses, self.steps, self.scheduler = list(losses), int(steps), scheduler
+        self.eval_every = int(eval_every) if eval_every else self.steps
+        self.validate, self.stop_after = validate, stop_after
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.run_config = dict(run_config or {})
+        self.progress, self.desc = progress, desc
+        self.global_step = 0
+        self.step_losses: list[float] = []
+        self.val_curve: list[tuple[int, float]] = []
+        self.train_seconds = 0.0
+        self.best_psnr = -math.inf
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self, step: int) -> float:
+        r"""One optimiser step on ``batches(step)``.
+
+        :param int step: global step.
+        :return: the loss (averaged over the ranks).
+        :raises NonFiniteLossError: the loss is NaN or infinite (nothing is updated).
+        """
+        x, y = self.batches(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        x_net = self.model(y, self.physics)
+        total = 0
+        for loss in self.losses:
+            total = total + loss(x=x, x_net=x_net, y=y, physics=self.physics, model=self.model, epoch=step).mean()
+        value = float(total.detach())
+        if self.world_size > 1:
+            value = _mean_over_ranks(value)  # every rank takes the same decision below
+        if not math.isfinite(value):
+            kept = self.out_dir / CHECKPOINT if self.out_dir is not None else None
+            where = f"; the last checkpoint {kept} is kept" if kept is not None and kept.exists() else ""
+            raise NonFiniteLossError(
+                f"training loss is {value} at step {step} (0-based): stopped before updating the weights{where}. "
+                "Lower the learning rate or check the data"
+            )
+        total.backward()
+        self.optimizer.step()
+        return value
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        r"""Write the full training state to ``out_dir/checkpoint.pt`` (atomically; rank 0 only; plain data)."""
+        if self.rank != 0 or self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "format": _FORMAT,
+            "step": self.global_step,
+            "state_dict": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": _rng_state(),
+            "step_losses": list(self.step_losses),
+            "val_curve": [list(v) for v in self.val_curve],
+            "best_psnr": float(self.best_psnr),
+            "train_seconds": float(self.train_seconds),
+            "run_config": self.run_config,
+        }
+        atomic_save(state, self.out_dir / CHECKPOINT)
+
+    def _save_weights(self, name: str) -> None:
+        if self.rank == 0 and self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_save(unwrap(self.model).state_dict(), self.out_dir / name)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        r"""Restore a full training state written by :meth:`save_checkpoint` (read by :func:`read_checkpoint`).
+
+        :param str path: checkpoint file.
+        :raises CheckpointError: unreadable, unsafe or non-finite checkpoint (see :func:`read_checkpoint`).
+        :raises ValueError: the checkpoint was written with different settings (task, model, batch, ...).
+        """
+        ckpt = read_checkpoint(path)
+        saved = ckpt["run_config"]
+        diff = {k: (saved.get(k), v) for k, v in self.run_config.items() if k in saved and saved.get(k) != v}
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"cannot resume {path}: settings differ ({detail})")
+        unwrap(self.model).load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        self.global_step = int(ckpt["step"])
+        self.step_losses = [float(v) for v in ckpt["step_losses"]]
+        self.val_curve = [(int(s), float(v)) for s, v in ckpt["val_curve"]]
+        self.best_psnr = float(ckpt["best_psnr"])
+        self.train_seconds = float(ckpt["train_seconds"])
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> torch.nn.Module:
+        r"""Run (or continue) training up to ``steps`` (or ``stop_after``) steps.
+
+        :return: the trained model (unwrapped).
+        """
+        from tqdm.auto import tqdm
+
+        stop = self.steps if self.stop_after is None else min(self.steps, int(self.stop_after))
+        bar = tqdm(total=self.steps, initial=self.global_step, dynamic_ncols=True,
+                   disable=not (self.progress and self.rank == 0), desc=self.desc)
+        try:
+            while self.global_step < stop:
+                n = min(self.eval_every - self.global_step % self.eval_every, stop - self.global_step)
+                self.model.train()
+                tic = time.perf_counter()
+                for _ in range(n):
+                    loss = self.train_step(self.global_step)
+                    self.step_losses.append(loss)
+                    self.global_step += 1
+                    bar.update(1)
+                    postfix = {"loss": f"{loss:.3e}"}
+                    if self.val_curve:
+                        postfix["val_psnr"] = f"{self.val_curve[-1][1]:.2f}"
+                    bar.set_postfix(postfix)
+                self.train_seconds += time.perf_counter() - tic
+                if self.global_step % self.eval_every == 0 or self.global_step == self.steps:
+                    self._validate()
+                    if self.scheduler is not None:
+                        self.scheduler.step()
+                self.save_checkpoint()
+                self._write_history()
+        finally:
+            bar.close()
+        if self.global_step >= self.steps:
+            self._save_weights(FINAL)
+        return unwrap(self.model)
+
+    def _validate(self) -> None:
+        if self.validate is None:
+            return
+        self.model.eval()
+        with torch.no_grad():
+            value = float(self.validate(self.model))
+        self.model.train()
+        self.val_curve.append((self.global_step, value))
+        if value >= self.best_psnr:
+            self.best_psnr = value
+            self._save_weights(BEST)
+
+    def history(self) -> dict:
+        r"""What ``history.json`` holds: run settings, step, training seconds, per-step loss, validation curve.
+
+        :return: a JSON-serialisable dict.
+        """
+        return {
+            "run_config": self.run_config,
+            "step": self.global_step,
+            "train_seconds": round(self.train_seconds, 2),
+            "loss": self.step_losses,
+            "val_psnr": [[s, v] for s, v in self.val_curve],
+        }
+
+    def _write_history(self) -> None:
+        if self.rank != 0 or self.out_dir is None:
+            return
+        history = self.history()
+        _atomic_write_text(json.dumps(history), self.out_dir / HISTORY)
+        plot_curves(history, self.out_dir / CURVES)
 
 
 def plot_curves(history: dict, path: str | Path) -> None:
@@ -539,29 +617,43 @@ def plot_curves(history: dict, path: str | Path) -> None:
 # the function behind `deepinv-mol train`
 
 
-def validation_set(task, physics, n_images: int, crop: int | None, seed: int, device) -> torch.utils.data.Dataset:
+def validation_set(task, physics, n_images: int, crop: int | None, seed: int, device: torch.device | str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Fixed validation pairs: the first ``n_images`` validation images, centre-cropped, simulated once.
 
     :param task: a task of :mod:`deepinv_mol.tasks`.
     :param physics: the task's physics for the crop size.
     :param int n_images: number of validation images.
     :param int crop: crop side (``None``: whole images).
-    :param int seed: simulation seed (validation image :math:`i` uses ``(seed, -1 - i)``).
+    :param int seed: simulation seed (validation image :math:`i` draws from ``item_generator(seed, 3, i)``).
     :param device: device.
-    :return: a :class:`deepinv.datasets.TensorDataset` of ``(x, y)``.
+    :return: ``(x, y)`` stacked over the images.
     """
-    from deepinv.datasets import TensorDataset
-
     data = task.dataset("val", seed=seed)
     xs, ys = [], []
     for i in range(min(n_images, len(data))):
-        gen = torch.Generator(device).manual_seed(mix_seed(seed, -1 - i))
-        x = random_crop(image_of(data[i]).to(device), crop, None)[None]
-        out = task.simulate(x, physics, gen)
-        x, y = out if isinstance(out, tuple) else (x, out)
-        xs.append(x)
+        x = image_of(data[i]).to(device)
+        if crop is not None:
+            rows, cols = crop_window(x.shape[-2:], crop)
+            x = x[..., rows, cols]
+        out = task.simulate(x[None], physics, item_generator(seed, _VALIDATION_KEY, i, device=device))
+        x_out, y = out if isinstance(out, tuple) else (x[None], out)
+        xs.append(x_out)
         ys.append(y)
-    return TensorDataset(x=torch.cat(xs), y=torch.cat(ys), use_dict_output=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _psnr_validator(x_val: torch.Tensor, y_val: torch.Tensor, physics, complex_images: bool, batch: int = 4):
+    from deepinv.loss.metric import PSNR
+
+    metric = PSNR(max_pixel=1.0, complex_abs=complex_images)
+
+    def validate(model):
+        values = [metric(model(y_val[i : i + batch], physics), x_val[i : i + batch]).flatten()
+                  for i in range(0, len(x_val), batch)]
+        return float(torch.cat(values).mean())
+
+    return validate
 
 
 def train(
@@ -583,11 +675,12 @@ def train(
     progress: bool = True,
     penalty_weight: float = 1e-4,
 ) -> dict:
-    r"""Train a learned model on a task (the ``deepinv-mol train`` command).
+    r"""Train a learned model on a task (the ``deepinv-mol train`` command), with :class:`StepTrainer`.
 
     Loss: supervised MSE (:class:`deepinv.loss.SupLoss`), plus :class:`deepinv_mol.loss.LipschitzPenalty`
     for ``mol-penalty``. Metric: PSNR (on the magnitude for complex images). Learning rate: cosine decay
-    over the rounds. Under ``torchrun`` this runs data-parallel (see :func:`init_distributed`).
+    over the rounds. Batches: :func:`stream_batch`. Under ``torchrun`` this runs data-parallel (see
+    :func:`init_distributed`).
 
     :param str task: task name (:func:`deepinv_mol.tasks.list_tasks`), or a task object with ``name``,
         ``dataset(split)``, ``build_physics(img_shape, device, generator)`` and ``simulate(x, physics, generator)``.
@@ -612,15 +705,18 @@ def train(
         constant at the threshold, where its gradient grows as ``weight / (T - L)``.
     :return: the history dict written to ``history.json`` (plus ``"out"``).
     :raises ValueError: unknown task/model, bad sizes, ``out`` already holding a run without ``resume``.
+    :raises CheckpointError: ``resume`` from an unreadable, unsafe or non-finite checkpoint.
+    :raises NonFiniteLossError: the loss became NaN/Inf (the last checkpoint is kept).
     """
     from deepinv.loss import SupLoss
-    from deepinv.loss.metric import PSNR
 
     from .pretrained import LEARNED_MODELS, build_model, default_config
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+        if isinstance(value, bool) or int(value) != value or int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if model not in LEARNED_MODELS:
         raise ValueError(f"unknown model {model!r}: expected one of {', '.join(LEARNED_MODELS)}")
     if optimizer not in ("adam", "sgd"):
@@ -635,6 +731,8 @@ def train(
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise ValueError(f"{out} already holds a training run: pass --resume to continue it or choose another --out")
+    if resume and ckpt_path.exists():
+        read_checkpoint(ckpt_path)  # a broken checkpoint fails here, before anything heavy
 
     rank, world, device = init_distributed()
     train_data = task_obj.dataset("train", seed=seed)
@@ -642,7 +740,8 @@ def train(
     channels = x0.shape[0]
     side = crop if crop is not None else x0.shape[-1]
     img_shape = (channels, side, side) if crop is not None else tuple(x0.shape)
-    random_crop(x0, crop, None)  # validates crop <= image size before anything heavy
+    if crop is not None:
+        crop_window(x0.shape[-2:], crop)  # validates crop <= image size before anything heavy
     physics = task_obj.build_physics(img_shape, device, None)  # the task's default (deterministic) geometry
 
     if config is None:
@@ -676,50 +775,30 @@ def train(
     # find_unused_parameters: deepinv's MoDL carries parameters its denoiser ignores (sigma); without it
     # DDP silently leaves their buckets un-averaged
     wrapped = _DDP(net, find_unused_parameters=True) if world > 1 else net
-    val = validation_set(task_obj, physics, val_images, crop, seed, device) if val_images > 0 else None
-    trainer = ResumableTrainer(
-        model=wrapped,
-        physics=physics,
-        optimizer=opt,
-        train_dataloader=[],
-        losses=losses,
-        scheduler=sched,
-        eval_dataloader=DataLoader(val, batch_size=max(1, min(4, val_images))) if val is not None else None,
-        metrics=PSNR(max_pixel=1.0, complex_abs=channels == 2),
-        online_measurements=True,
-        compute_train_metrics=False,
-        non_blocking_transfers=device.type == "cuda",
-        device=device,
-        verbose=False,
-        show_progress_bar=False,
-        save_path=None,
-        simulate=task_obj.simulate,
-        train_dataset=train_data,
-        steps=int(steps),
-        batch_size=int(batch_size),
-        crop=crop,
-        seed=int(seed),
-        eval_every=int(eval_every),
-        stop_after=stop_after,
-        out_dir=out,
-        rank=rank,
-        world_size=world,
-        run_config=run_config,
-        progress=progress,
+    validate = None
+    if val_images > 0:
+        x_val, y_val = validation_set(task_obj, physics, val_images, crop, seed, device)
+        validate = _psnr_validator(x_val, y_val, physics, channels == 2)
+
+    def batches(step):
+        return stream_batch(train_data, task_obj.simulate, physics, step, batch_size=int(batch_size), crop=crop,
+                            seed=int(seed), rank=rank, world_size=world, device=device)
+
+    trainer = StepTrainer(
+        wrapped, opt, batches, physics, losses=losses, steps=int(steps), scheduler=sched,
+        eval_every=int(eval_every), validate=validate, stop_after=stop_after, out_dir=out, rank=rank,
+        world_size=world, run_config=run_config, progress=progress,
     )
     if resume and ckpt_path.exists():
         trainer.load_checkpoint(ckpt_path)
     elif resume and rank == 0:
         warnings.warn(f"no checkpoint in {out}: starting a new run")
-    with warnings.catch_warnings():
-        # deepinv warns that online measurements ignore params and that progress bars slow GPUs: not our case
-        warnings.filterwarnings("ignore", message=".*progress bar.*")
-        trainer.train()
+    trainer.fit()
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()  # rank 0 has written its files
-    history = json.loads((out / HISTORY).read_text()) if (out / HISTORY).exists() else {}
+    history = json.loads((out / HISTORY).read_text()) if (out / HISTORY).exists() else trainer.history()
     history["out"] = str(out)
     return history
 

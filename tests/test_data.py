@@ -350,3 +350,23 @@ def test_ground_truth_dataset():
     items = [(x, "y"), {"x": x, "y": 0}, x]
     wrapped = data.GroundTruthDataset(items)
     assert len(wrapped) == 3 and all(torch.equal(wrapped[i], x) for i in range(3))
+
+
+def test_image_of_and_crop_window_and_seeding_are_the_package_helpers():
+    x = torch.rand(1, 8, 8, dtype=torch.float64)
+    assert data.image_of((x, "y")).dtype == torch.float32 and torch.equal(data.image_of({"x": x}), x.float())
+    z = torch.zeros(2, 2, dtype=torch.complex64)
+    assert data.image_of(z).dtype == torch.complex64
+    with pytest.raises(ValueError, match="'x' entry"):
+        data.image_of({"y": x})
+    assert data.crop_window((10, 8), (4, 2)) == (slice(3, 7), slice(3, 5))
+    g = torch.Generator().manual_seed(0)
+    windows = {(r.start, r.stop, c.start, c.stop) for r, c in (data.crop_window((6, 6), 3, g) for _ in range(50))}
+    assert len(windows) > 1 and all(0 <= a and b == a + 3 <= 6 and 0 <= c and d == c + 3 <= 6 for a, b, c, d in windows)
+    with pytest.raises(ValueError, match=r"crop 7x7 is larger than the images \(6x6\)"):
+        data.crop_window((6, 6), 7)
+    # non-negative keys: numpy's SeedSequence words as they always were (published datasets unchanged)
+    state = np.random.SeedSequence([4, 0, 2]).generate_state(2, np.uint32)
+    assert data.item_generator(4, 0, 2).initial_seed() == int(state[0]) << 32 | int(state[1])
+    assert data.item_generator(4, -2).initial_seed() != data.item_generator(4, 2).initial_seed()
+    assert set(data.__all__) <= set(dir(data)) and "image_of" in data.__all__

@@ -13,13 +13,8 @@ import pytest
 import torch
 
 from deepinv_mol import training
-from deepinv_mol.training import (
-    SeededStreamSampler,
-    atomic_save,
-    mix_seed,
-    random_crop,
-    stream_index,
-)
+from deepinv_mol.data import crop_window, item_generator
+from deepinv_mol.training import atomic_save, stream_batch, stream_index
 
 TINY = {"cnn": {"channels": 2, "width": 4, "depth": 2, "constraint": "penalty"}, "modl": {"num_iter": 2}}
 
@@ -65,29 +60,45 @@ def test_stream_is_a_sequence_of_permutations():
     assert stream == [stream_index(p, n, seed) for p in range(3 * n)]  # pure function of (position, seed)
 
 
+def _positions_task():
+    """A dataset whose item i is the constant image i, and a 'simulation' returning the noise draw."""
+    data = [torch.full((1, 4, 4), float(i)) for i in range(5)]
+
+    def simulate(x, physics, generator):
+        return x, torch.rand(1, generator=generator)
+
+    return data, simulate
+
+
 def test_ranks_split_the_global_batch():
-    single = list(SeededStreamSampler(batch_size=4, first_step=3, n_steps=2))
-    r0 = list(SeededStreamSampler(4, 3, 2, rank=0, world_size=2))
-    r1 = list(SeededStreamSampler(4, 3, 2, rank=1, world_size=2))
-    assert single == list(range(12, 20))
-    assert r0[:2] + r1[:2] + r0[2:] + r1[2:] == single
+    data, simulate = _positions_task()
+    single = stream_batch(data, simulate, None, 3, batch_size=4, crop=None, seed=1)
+    r0 = stream_batch(data, simulate, None, 3, batch_size=4, crop=None, seed=1, rank=0, world_size=2)
+    r1 = stream_batch(data, simulate, None, 3, batch_size=4, crop=None, seed=1, rank=1, world_size=2)
+    # global batch 3 covers stream positions 12..15: rank 0 takes 12, 13 and rank 1 takes 14, 15
+    assert single[0][:, 0, 0, 0].tolist() == [stream_index(p, 5, 1) for p in range(12, 16)]
+    assert torch.equal(torch.cat([r0[0], r1[0]]), single[0]) and torch.equal(torch.cat([r0[1], r1[1]]), single[1])
+    # the noise of a sample is a pure function of (seed, position): the same batch again draws the same
+    assert torch.equal(stream_batch(data, simulate, None, 3, batch_size=4, crop=None, seed=1)[1], single[1])
+    assert not torch.equal(stream_batch(data, simulate, None, 3, batch_size=4, crop=None, seed=2)[1], single[1])
     with pytest.raises(ValueError, match="multiple"):
-        SeededStreamSampler(3, 0, 1, rank=0, world_size=2)
+        stream_batch(data, simulate, None, 0, batch_size=3, crop=None, seed=1, world_size=2)
 
 
-def test_mix_seed_separates_neighbours():
-    seeds = {mix_seed(0, p) for p in range(1000)} | {mix_seed(1, p) for p in range(1000)}
-    assert len(seeds) == 2000
-    assert all(0 <= s < 2**63 for s in seeds)
+def test_item_generator_separates_neighbours():
+    seeds = {item_generator(s, 2, p).initial_seed() for s in (0, 1) for p in range(-500, 500)}
+    assert len(seeds) == 2000 and all(0 <= s < 2**64 for s in seeds)
 
 
-def test_random_crop_bounds():
+def test_crop_window_bounds():
     x = torch.arange(36.0).reshape(1, 6, 6)
-    assert torch.equal(random_crop(x, 2, None), x[:, 2:4, 2:4])
+    rows, cols = crop_window(x.shape[-2:], 2)
+    assert torch.equal(x[..., rows, cols], x[:, 2:4, 2:4])
     g = torch.Generator().manual_seed(0)
-    assert random_crop(x, 4, g).shape == (1, 4, 4)
+    rows, cols = crop_window(x.shape[-2:], 4, g)
+    assert x[..., rows, cols].shape == (1, 4, 4)
     with pytest.raises(ValueError, match="larger"):
-        random_crop(x, 7, None)
+        crop_window(x.shape[-2:], 7)
 
 
 def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):

@@ -189,6 +189,10 @@ def bench_luser_memory(
     return rows
 
 
+def _mse(x, x_net, **kwargs):
+    return torch.nn.functional.mse_loss(x_net, x)
+
+
 def bench_luser_quality(
     problem: str = "deblur",
     img_size: int = 64,
@@ -240,7 +244,7 @@ def bench_luser_quality(
     if unknown:
         raise ValueError(f"models must be among 'LUSER', 'UnrolledFeedForward', got {sorted(unknown)}")
     import deepinv as dinv
-    from tqdm.auto import tqdm
+    from ..training import StepTrainer
 
     physics, channels, description = make_problem(problem, img_size)
     train = _images("train", img_size, None, channels == 2, seed)
@@ -273,17 +277,18 @@ def bench_luser_quality(
             model(y_test[:1], physics)  # fixes the "auto" step sizes
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         order = torch.Generator().manual_seed(seed)
+
+        def batches(step, order=order):
+            # drawn in step order from `order` (indices) and `g` (noise), as the published figures were: the
+            # benchmark never resumes, so its batches need not be a pure function of the step
+            x = train[torch.randint(len(train), (batch,), generator=order)]
+            return x, measure(x)
+
+        # the package's one training loop (deepinv_mol.training.StepTrainer): same steps, loss and optimiser
+        trainer = StepTrainer(model, opt, batches, physics, losses=[_mse], steps=steps, progress=progress,
+                              desc=f"{kind} on {problem}")
         t0 = time.perf_counter()
-        model.train()
-        bar = tqdm(range(steps), desc=f"{kind} on {problem}", disable=not progress)
-        for _ in bar:
-            idx = torch.randint(len(train), (batch,), generator=order)
-            x = train[idx]
-            loss = torch.nn.functional.mse_loss(model(measure(x), physics), x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            bar.set_postfix(loss=f"{loss.item():.2e}")
+        trainer.fit()
         seconds = time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
