@@ -377,8 +377,9 @@ def save_figure(
     r"""Figure: per image, a row with the ground truth and each reconstruction (titled with its PSNR/SSIM) and a
     row of absolute error maps, all error maps on one shared colour scale with one colour bar.
 
-    The scale runs from 0 to the 99.5th percentile of all shown errors (a few outlier pixels must not wash
-    out every map). Volumes and sequences show their middle slice / frame.
+    The scale runs from 0 to the median over the models of their 99.5th error percentile: one poor baseline
+    does not wash out every other map, and larger errors saturate (the colour bar's arrow shows it). Volumes and
+    sequences show their middle slice / frame.
 
     :param xs: ground truths ``(1, C, ...)``.
     :param recons: ``{name: [x_hat, ...]}``.
@@ -399,7 +400,10 @@ def save_figure(
     psnr = PSNR(max_pixel=1.0, complex_abs=complex_)
     ssim = SSIM(max_pixel=1.0, complex_abs=complex_)
     errors = {(i, name): np.abs(_magnitude(recons[name][i]) - _magnitude(xs[i])) for i in range(n) for name in names}
-    vmax = float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]), 99.5)) if errors else 1.0
+    # one scale for all maps: the median over models of their 99.5th error percentile, so one poor baseline
+    # (e.g. the adjoint) does not darken every other map; larger errors saturate (the bar's arrow)
+    per_model = [np.percentile(np.concatenate([errors[(i, m)].ravel() for i in range(n)]), 99.5) for m in names]
+    vmax = float(np.median(per_model)) if per_model else 1.0
     vmax = vmax if vmax > 0 else 1.0
     cols = 1 + len(names)
     fig, axes = plt.subplots(2 * n, cols, figsize=(2.3 * cols + 0.8, 4.6 * n + 0.4), squeeze=False, layout="constrained")
@@ -420,7 +424,7 @@ def save_figure(
         ax.set_xticks([])
         ax.set_yticks([])
     if error_image is not None:
-        bar = fig.colorbar(error_image, ax=[axes[2 * i + 1, j] for i in range(n) for j in range(1, cols)], shrink=0.8)
+        bar = fig.colorbar(error_image, ax=[axes[2 * i + 1, j] for i in range(n) for j in range(1, cols)], shrink=0.8, extend="max")
         bar.set_label("|error| (one scale for all maps)", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     if title:
