@@ -373,7 +373,7 @@ def save_figure(
     path: str | Path,
     n_show: int = 3,
     title: str | None = None,
-) -> None:
+) -> float:
     r"""Figure: per image, a row with the ground truth and each reconstruction (titled with its PSNR/SSIM) and a
     row of absolute error maps, all error maps on one shared colour scale with one colour bar.
 
@@ -386,6 +386,7 @@ def save_figure(
     :param str path: PNG file.
     :param int n_show: images shown.
     :param str title: figure title.
+    :return: the top of the error maps' shared colour scale.
     """
     import matplotlib
 
@@ -431,6 +432,7 @@ def save_figure(
         fig.suptitle(title, fontsize=9)
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return vmax
 
 
 def plot_rows(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
