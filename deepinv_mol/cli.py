@@ -134,7 +134,7 @@ def _write_json(path, payload):
 # ------------------------------------------------------------------------------------------------- commands
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .pretrained import LEARNED_MODELS
@@ -166,7 +166,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from .training import image_of
@@ -203,7 +203,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from .pretrained import default_config
     from .training import export_weights, train
 
@@ -260,7 +260,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_certify(args) -> int:
+def cmd_certify(args: argparse.Namespace) -> int:
     from .guarantees import certify
     from .training import image_of
 
@@ -307,7 +307,7 @@ def _bench_function(name):
     return getattr(module, function, None)
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     fn = _bench_function(args.name)
     if fn is None:
         module_name, function = BENCHMARKS[args.name]

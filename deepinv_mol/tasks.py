@@ -189,7 +189,9 @@ class Task:
 
     # ----------------------------------------------------------------------------- physics
 
-    def build_physics(self, img_shape: Sequence[int], device="cpu", generator: torch.Generator | None = None):
+    def build_physics(
+        self, img_shape: Sequence[int], device: str | torch.device = "cpu", generator: torch.Generator | None = None
+    ):
         r"""The task's physics for images of ``img_shape``, with its noise model installed.
 
         :param img_shape: spatial shape, optionally with channel and batch dims in front.

@@ -57,7 +57,7 @@ def _images(split: str, img_size: int, n: int | None, complex_images: bool, seed
     return torch.stack([add_phase(m, smooth_random_phase(m.shape, generator=g)) for m in mag])
 
 
-def make_problem(name: str, img_size: int = 256):
+def make_problem(name: str, img_size: int = 256) -> tuple:
     r"""Physics of a named benchmark problem and its number of image channels.
 
     ``"ct"`` and ``"mri"`` come from the task registry (:func:`deepinv_mol.tasks.get_task` with
