@@ -152,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     baselines = ["adjoint", "cg"] + (["fbp"] if task.modality == "ct" else [])
     models, notes = load_models(task, baselines + list(LEARNED_MODELS), on_missing="skip")
     physics, xs, ys = simulate_set(task, images, args.seed)
-    results, recons, _ = evaluate_models(task, models, xs, ys, physics, batch_size=args.batch_size)
+    results, recons, _ = evaluate_models(task, models, xs, ys, physics, batch_size=args.batch_size or "auto")
     print(f"{PROG} demo: " + _header(task, source, xs))
     print(format_table(results))
     for note in notes:
@@ -192,7 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with _user_input(f"--images {args.images}: " if args.images else ""):
         task.spatial_shape(tuple(images.shape[1:]))  # images the task's physics cannot take
     physics, xs, ys = simulate_set(task, images, args.seed)
-    results, recons, _ = evaluate_models(task, models, xs, ys, physics, batch_size=args.batch_size)
+    results, recons, _ = evaluate_models(task, models, xs, ys, physics, batch_size=args.batch_size or "auto")
     header = _header(task, source, xs)
     print(format_table(results, header=header))
     if args.json:
@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--task", default=DEMO_TASK)
     d.add_argument("--n-images", type=_positive, default=2, help="test images to reconstruct (default 2: keeps the demo near 2 minutes on 2 cores)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--batch-size", type=_positive, default=4, help="images reconstructed per call (default 4)")
+    d.add_argument("--batch-size", type=_positive, default=None,
+                   help="images reconstructed per call (default: 4 on a GPU, 1 on the CPU, where batching does not pay)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on a task (deepinv.Trainer; resumable; torchrun for DDP)")
@@ -419,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None)
     e.add_argument("--figure", default=None, help="PNG: images with PSNR/SSIM, error maps on one colour scale")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=_positive, default=4, help="images reconstructed per call (default 4)")
+    e.add_argument("--batch-size", type=_positive, default=None,
+                   help="images reconstructed per call (default: 4 on a GPU, 1 on the CPU, where batching does not pay)")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("certify", help="guarantee report of a shipped model")

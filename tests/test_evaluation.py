@@ -80,7 +80,7 @@ def test_batching_does_not_change_the_numbers(small_problem):
     r = one["cg"]
     assert r["psnr"] == pytest.approx(np.mean(r["psnr_per_image"])) and r["ssim"] == pytest.approx(np.mean(r["ssim_per_image"]))
     assert r["seconds"] > 0 and r["iterations"] >= 1 and r["inner_iterations"] is None
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be >= 1, None or .auto."):
         evaluate_models(task, ["cg"], xs, ys, physics, batch_size=0)
     with pytest.raises(ValueError, match="non-empty lists of one length"):
         evaluate_models(task, ["cg"], xs, ys[:2], physics)
