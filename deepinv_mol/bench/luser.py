@@ -31,7 +31,6 @@ to be re-measured):
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
