@@ -5,208 +5,68 @@ r"""The ``deepinv-mol`` command: demo, train, eval, certify, bench.
     deepinv-mol demo [--out DIR]
     deepinv-mol train --task T --model M [--steps N --batch-size B --crop C --lr LR --out DIR --resume --seed S]
     deepinv-mol eval --task T (--images F.npy | --split test) --models mol-penalty,mol-strict,modl,luser,cg,adjoint
-                     [--json OUT.json] [--seed S] [--figure OUT.png]
+                     [--json OUT.json] [--seed S] [--figure OUT.png] [--batch-size B]
     deepinv-mol certify --model M [--task T]
     deepinv-mol bench memory|quality|robustness|convergence|nufft|ct|luser|luser-quality [--json OUT] [--plot OUT.png]
 
-Bad arguments (unknown task or model, missing or malformed image file, wrong shapes) end with a one-line
-``deepinv-mol: error: ...`` on stderr and exit status 2, never a traceback (``--debug`` shows it).
+This module only parses arguments; the work is done by the library (:mod:`deepinv_mol.evaluation`,
+:mod:`deepinv_mol.training`, :mod:`deepinv_mol.guarantees`, :mod:`deepinv_mol.bench`). Bad input of the user
+(unknown task or model, missing or malformed image file, wrong shapes, unwritable output) ends with a
+one-line ``deepinv-mol: error: ...`` on stderr and exit status 2 (:class:`~deepinv_mol.evaluation.UserInputError`;
+``--debug`` shows the traceback). Any other exception is a bug of the library: traceback and exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
 import os
 import sys
-import time
+import traceback
 from pathlib import Path
+
+from .evaluation import (
+    UserInputError,
+    check_output_path,
+    evaluate_models,
+    format_table,
+    load_image_file,
+    load_models,
+    plot_rows,
+    save_figure,
+    simulate_set,
+)
+
+__all__ = ["PROG", "DEMO_TASK", "BENCHMARKS", "CLIError", "build_parser", "main", "available_benchmarks"]
 
 PROG = "deepinv-mol"
 DEMO_TASK = "mri-radial-4x"
+# optional dependencies whose absence is the user's environment, not a bug
+_OPTIONAL_MODULES = ("astra", "torchkbnufft", "matplotlib")
 
-
-class CLIError(Exception):
-    r"""A user-facing error: printed as one line, exit status 2."""
+#: a user-facing error (bad name, file, path or option): printed as one line, exit status 2
+CLIError = UserInputError
 
 
 class _Parser(argparse.ArgumentParser):
     # argparse prints the whole usage block before its error: keep it to one line
     def error(self, message):
-        raise CLIError(message)
+        raise UserInputError(message)
 
 
-# ------------------------------------------------------------------------------------------------- evaluation
-
-
-def load_image_file(path: str | Path):
-    r"""Read a user's image stack: ``(N, H, W)`` magnitudes in [0, 1] or complex ``(N, 2, H, W)``.
-
-    Delegates to :func:`deepinv_mol.data.load_image_stack` (the one reader of ``.npy`` stacks).
-
-    :param str path: ``.npy`` file.
-    :return: a float tensor ``(N, C, H, W)``.
-    :raises ValueError: missing, unreadable or wrongly shaped file.
-    """
-    from . import data
-
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"image file {path} does not exist")
-    return data.load_image_stack(path)
-
-
-def simulate_set(task, images, seed: int, device="cpu"):
-    r"""Build the task's physics for the images' size and simulate measurements, image :math:`i` seeded by ``(seed, i)``.
-
-    :param task: a task object (:func:`deepinv_mol.tasks.get_task`).
-    :param torch.Tensor images: ``(N, C, H, W)``.
-    :param int seed: seed.
-    :return: ``(physics, xs, ys)``, lists of ``(1, ...)`` tensors.
-    """
-    import torch
-
-    from .training import mix_seed
-
-    physics = task.build_physics(tuple(images.shape[1:]), device, None)  # the task's default geometry
-    xs, ys = [], []
-    for i in range(images.shape[0]):
-        gen = torch.Generator(device).manual_seed(mix_seed(seed, i))
-        x = images[i : i + 1].to(device)
-        out = task.simulate(x, physics, gen)
-        x, y = out if isinstance(out, tuple) else (x, out)
-        xs.append(x)
-        ys.append(y)
-    return physics, xs, ys
-
-
-def iterations_of(model):
-    r"""Iterations of the last reconstruction: ``model.stats["iterations"]``, the unrolled depth of a deepinv
-    unfolded model (``max_iter``), or ``None``.
-
-    :param torch.nn.Module model: a reconstructor after a call.
-    """
-    stats = getattr(model, "stats", None)
-    if isinstance(stats, dict) and "iterations" in stats:
-        it = stats["iterations"]
-        if it is None:
-            return None
-        return float(it.float().mean()) if hasattr(it, "float") else float(it)
-    if getattr(model, "unfold", False) and hasattr(model, "max_iter"):
-        return float(model.max_iter)
-    return None
-
-
-def evaluate_models(task, names, xs, ys, physics, device="cpu", on_missing="raise"):
-    r"""Reconstruct every image with every model; PSNR/SSIM with deepinv's metrics (magnitude if complex).
-
-    :param task: task object.
-    :param list names: model names (learned or classical).
-    :param list xs: ground truths ``(1, C, H, W)``.
-    :param list ys: measurements.
-    :param physics: the task physics.
-    :param str on_missing: ``"raise"`` or ``"skip"`` for learned models without weights.
-    :return: ``(results, recons, notes)``: ``results[name] = {"psnr", "ssim", "psnr_per_image", "seconds",
-        "iterations"}``, ``recons[name]`` the reconstructions, ``notes`` messages about skipped models.
-    """
-    import torch
-    from deepinv.loss.metric import PSNR, SSIM
-
-    from .pretrained import MissingWeightsError, get_reconstructor
-
-    complex_ = xs[0].shape[1] == 2
-    psnr = PSNR(max_pixel=1.0, complex_abs=complex_)
-    ssim = SSIM(max_pixel=1.0, complex_abs=complex_)
-    models, notes = {}, []
-    for name in names:
-        try:
-            models[name] = get_reconstructor(name, task.name, device=device)
-        except MissingWeightsError as err:
-            if on_missing == "raise":
-                raise
-            notes.append(f"{name}: skipped, {err}")
-        except (RuntimeError, ValueError) as err:
-            # weights that no longer fit the architecture or fail their checksum: the demo reports and goes on
-            if on_missing == "raise":
-                raise
-            notes.append(f"{name}: skipped, its weights do not load ({_one_line(err)[:200]})")
-    results, recons = {}, {}
-    for name, model in models.items():
-        per_psnr, per_ssim, secs, iters, outs = [], [], [], [], []
-        for x, y in zip(xs, ys):
-            tic = time.perf_counter()
-            with torch.no_grad():
-                x_hat = model(y, physics)
-            secs.append(time.perf_counter() - tic)
-            iters.append(iterations_of(model))
-            per_psnr.append(float(psnr(x_hat, x).mean()))
-            per_ssim.append(float(ssim(x_hat, x).mean()))
-            outs.append(x_hat.detach().cpu())
-        its = [i for i in iters if i is not None]
-        results[name] = {
-            "psnr": sum(per_psnr) / len(per_psnr),
-            "ssim": sum(per_ssim) / len(per_ssim),
-            "psnr_per_image": per_psnr,
-            "seconds": sum(secs) / len(secs),
-            "iterations": sum(its) / len(its) if its else None,
-        }
-        recons[name] = outs
-    return results, recons, notes
-
-
-def format_table(results: dict) -> str:
-    r"""The results as a fixed-width table: model, PSNR (dB), SSIM, seconds, iterations.
-
-    :param dict results: as returned by :func:`evaluate_models`.
-    """
-    lines = [f"{'model':<12} {'PSNR (dB)':>9} {'SSIM':>7} {'seconds':>8} {'iterations':>10}"]
-    for name, r in results.items():
-        it = "-" if r["iterations"] is None else f"{r['iterations']:.1f}"
-        lines.append(f"{name:<12} {r['psnr']:>9.2f} {r['ssim']:>7.4f} {r['seconds']:>8.3f} {it:>10}")
-    return "\n".join(lines)
-
-
-def save_figure(xs, recons: dict, path: str | Path, n_show: int = 3) -> None:
-    r"""Figure: per image, a row with the ground truth and each reconstruction, and a row of error maps.
-
-    :param list xs: ground truths ``(1, C, H, W)``.
-    :param dict recons: ``{name: [x_hat, ...]}``.
-    :param str path: PNG file.
-    :param int n_show: images shown.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def mag(t):
-        t = t[0].detach().cpu()
-        return (t.pow(2).sum(0).sqrt() if t.shape[0] == 2 else t[0]).numpy()
-
-    names = list(recons)
-    n = min(n_show, len(xs))
-    cols = 1 + len(names)
-    fig, axes = plt.subplots(2 * n, cols, figsize=(2.2 * cols, 4.4 * n), squeeze=False)
-    for i in range(n):
-        gt = mag(xs[i])
-        axes[2 * i, 0].imshow(gt, cmap="gray", vmin=0, vmax=1)
-        axes[2 * i, 0].set_title("ground truth", fontsize=8)
-        axes[2 * i + 1, 0].axis("off")
-        for j, name in enumerate(names, start=1):
-            img = mag(recons[name][i])
-            title = name
-            axes[2 * i, j].imshow(img, cmap="gray", vmin=0, vmax=1)
-            axes[2 * i, j].set_title(title, fontsize=8)
-            axes[2 * i + 1, j].imshow(abs(img - gt), cmap="magma", vmin=0, vmax=0.2)
-            axes[2 * i + 1, j].set_title(f"|error| {name}", fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+@contextlib.contextmanager
+def _user_input(what: str = ""):
+    r"""Inside this block, a ``ValueError``/``TypeError`` is about the user's input (a file, a setting): report it
+    as a :class:`UserInputError` (exit status 2)."""
+    try:
+        yield
+    except UserInputError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise UserInputError(f"{what}{_one_line(err)}") from err
 
 
 def _task(name):
@@ -240,77 +100,110 @@ def _model_names(text):
 
 
 def _check_models_for_task(task, names):
-    if "fbp" in names and not task.name.startswith("ct"):
-        raise CLIError(f"'fbp' is a CT baseline; task {task.name!r} is not a CT task")
+    if "fbp" in names and task.modality != "ct":
+        raise CLIError(f"'fbp' is a CT baseline; task {task.name!r} is a {task.modality.upper()} task")
+
+
+def _check_device(task):
+    import torch
+
+    if task.requires_gpu and not torch.cuda.is_available():
+        raise CLIError(f"task {task.name!r} needs a CUDA GPU and none is available")
+
+
+def _source_of(task) -> str:
+    source = task.data_source()
+    return source + (" (embedded MRI slices used as attenuation images: head CT not installed)"
+                     if task.modality == "ct" and source == "embedded" else "")
+
+
+def _header(task, source, xs) -> str:
+    return f"task {task.name}, data: {source}, {len(xs)} images of size {tuple(xs[0].shape[2:])}"
+
+
+def _payload(task_name, n, results, source):
+    return {"task": task_name, "n_images": n, "data_source": source, "models": results}
+
+
+def _write_json(path, payload):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------- commands
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .pretrained import LEARNED_MODELS
     from .training import image_of
 
     task = _task(args.task)
+    _check_device(task)
+    out = Path(args.out)
+    check_output_path(out / "demo.json", "--out")
+    check_output_path(out / "demo.png", "--out")
     data = task.dataset("test", seed=args.seed)
+    source = _source_of(task)
     n = min(args.n_images, len(data))
-    if n < 1:
-        raise CLIError(f"--n-images must be >= 1, got {args.n_images}")
     images = torch.stack([image_of(data[i]) for i in range(n)])
+    baselines = ["adjoint", "cg"] + (["fbp"] if task.modality == "ct" else [])
+    models, notes = load_models(task, baselines + list(LEARNED_MODELS), on_missing="skip")
     physics, xs, ys = simulate_set(task, images, args.seed)
-    baselines = ["adjoint", "cg"] + (["fbp"] if task.name.startswith("ct") else [])
-    results, recons, notes = evaluate_models(task, baselines + list(LEARNED_MODELS), xs, ys, physics, on_missing="skip")
-    print(f"{PROG} demo: task {task.name}, {n} embedded test images of size {tuple(images.shape[-2:])}")
+    results, recons, _ = evaluate_models(task, models, xs, ys, physics, batch_size=args.batch_size or "auto")
+    print(f"{PROG} demo: " + _header(task, source, xs))
     print(format_table(results))
     for note in notes:
         print(f"note: {note}")
     if not any(name in results for name in LEARNED_MODELS):
         print("note: no shipped weights found: only the classical baselines ran (see `deepinv-mol train`)")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_figure(xs, recons, out / "demo.png")
-    (out / "demo.json").write_text(json.dumps(_payload(task.name, n, results), indent=1))
+    save_figure(xs, recons, out / "demo.png", title=_header(task, source, xs))
+    _write_json(out / "demo.json", _payload(task.name, n, results, source))
     print(f"figure: {out / 'demo.png'}  table: {out / 'demo.json'}")
     return 0
 
 
-def _payload(task_name, n, results):
-    return {"task": task_name, "n_images": n, "models": results}
-
-
-def cmd_eval(args) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .pretrained import LEARNED_MODELS, load_pretrained
     from .training import image_of
 
     task = _task(args.task)
     names = _model_names(args.models)
     _check_models_for_task(task, names)
+    _check_device(task)
+    for path, what in ((args.json, "--json"), (args.figure, "--figure")):  # fail before the work
+        if path:
+            check_output_path(path, what)
     if args.images is not None:
-        data = task.dataset_from(load_image_file(args.images), seed=args.seed)
+        images = load_image_file(args.images)
+        with _user_input(f"--images {args.images}: "):
+            data = task.dataset_from(images, seed=args.seed)
+        source = f"file {args.images}"
     else:
         data = task.dataset(args.split, seed=args.seed)
+        source = _source_of(task) + f", {args.split} split"
     count = len(data) if args.n_images is None else min(args.n_images, len(data))
     images = torch.stack([image_of(data[i]) for i in range(count)])
-    for name in names:  # fail before the work if a learned model has no weights
-        if name in LEARNED_MODELS:
-            load_pretrained(name, task.name)
+    models, _ = load_models(task, names)  # weights read and checked once, before the work
+    with _user_input(f"--images {args.images}: " if args.images else ""):
+        task.spatial_shape(tuple(images.shape[1:]))  # images the task's physics cannot take
     physics, xs, ys = simulate_set(task, images, args.seed)
-    results, recons, _ = evaluate_models(task, names, xs, ys, physics)
-    print(format_table(results))
-    payload = _payload(task.name, len(xs), results)
+    results, recons, _ = evaluate_models(task, models, xs, ys, physics, batch_size=args.batch_size or "auto")
+    header = _header(task, source, xs)
+    print(format_table(results, header=header))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=1))
+        _write_json(args.json, _payload(task.name, len(xs), results, source))
     if args.figure:
-        save_figure(xs, recons, args.figure)
+        Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+        save_figure(xs, recons, args.figure, title=header)
     return 0
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from .pretrained import default_config
     from .training import export_weights, train
 
@@ -326,7 +219,13 @@ def cmd_train(args) -> int:
         section = next(k for k in ("mol", "modl", "luser") if k in config)
         config[section]["max_iter" if section == "mol" else "num_iter"] = args.iters
     crop = task.train_crop if args.crop is None else (None if args.crop == 0 else args.crop)
+    if crop is not None and crop > min(task.image_size):
+        raise CLIError(f"--crop {crop} is larger than the task's images {tuple(task.image_size)}")
     out = args.out or f"runs/{task.name}__{args.model}"
+    if (Path(out) / "checkpoint.pt").exists() and not args.resume:
+        raise CLIError(f"{out} already holds a training run: pass --resume to continue it or choose another --out")
+    if args.export:
+        check_output_path(Path(args.export) / "manifest.json", "--export")
     history = train(
         task.name,
         args.model,
@@ -361,14 +260,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_certify(args) -> int:
+def cmd_certify(args: argparse.Namespace) -> int:
     from .guarantees import certify
-    from .pretrained import load_pretrained
     from .training import image_of
 
     task = _task(args.task)
     _check_learned(args.model)
-    model = load_pretrained(args.model, task.name)
+    models, _ = load_models(task, [args.model])
+    model = models[args.model]
     if args.model not in ("mol-penalty", "mol-strict"):
         print(
             f"{args.model} on {task.name}: no guarantee to certify. Its network is applied a fixed number of times "
@@ -408,7 +307,7 @@ def _bench_function(name):
     return getattr(module, function, None)
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     fn = _bench_function(args.name)
     if fn is None:
         module_name, function = BENCHMARKS[args.name]
@@ -416,9 +315,13 @@ def cmd_bench(args) -> int:
             f"benchmark {args.name!r} is not available in this version "
             f"(no deepinv_mol.bench.{module_name}.{function}); available: {', '.join(available_benchmarks())}"
         )
+    for path, what in ((args.json, "--json"), (args.plot, "--plot")):
+        if path:
+            check_output_path(path, what)
     rows = fn()
     _print_rows(rows)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
     if args.plot:
         plot_rows(rows, args.plot, title=f"bench {args.name}")
@@ -428,38 +331,6 @@ def cmd_bench(args) -> int:
 def available_benchmarks() -> list[str]:
     r"""Names of :data:`BENCHMARKS` whose function exists in this installation."""
     return [name for name in BENCHMARKS if _bench_function(name) is not None]
-
-
-def plot_rows(rows: list, path: str | Path, title: str = "") -> None:
-    r"""Bar chart of a benchmark's ratio columns (every numeric column whose name contains ``ratio``; all
-    numeric columns if none), one group of bars per row, labelled by the row's text columns.
-
-    :param list rows: list of dicts.
-    :param str path: PNG file.
-    :param str title: figure title.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    numeric = [k for k in keys if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows)]
-    cols = [k for k in numeric if "ratio" in k] or numeric
-    if not cols:
-        raise CLIError("nothing numeric to plot in these rows")
-    text = [k for k in keys if k not in numeric]
-    labels = [" ".join(str(r.get(k, "")) for k in text[:3]) or str(i) for i, r in enumerate(rows)]
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) * len(cols)), 3.5))
-    width = 0.8 / len(cols)
-    for j, k in enumerate(cols):
-        ax.bar([i + j * width for i in range(len(rows))], [r[k] for r in rows], width, label=k)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], labels, rotation=20, ha="right", fontsize=7)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _print_rows(rows):
@@ -512,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--task", default=DEMO_TASK)
     d.add_argument("--n-images", type=_positive, default=2, help="test images to reconstruct (default 2: keeps the demo near 2 minutes on 2 cores)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--batch-size", type=_positive, default=None,
+                   help="images reconstructed per call (default: 4 on a GPU, 1 on the CPU, where batching does not pay)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on a task (deepinv.Trainer; resumable; torchrun for DDP)")
@@ -545,8 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-images", type=_positive, default=None, help="evaluate the first N images only")
     e.add_argument("--models", default="mol-penalty,mol-strict,modl,luser,cg,adjoint")
     e.add_argument("--json", default=None)
-    e.add_argument("--figure", default=None, help="PNG with images and error maps")
+    e.add_argument("--figure", default=None, help="PNG: images with PSNR/SSIM, error maps on one colour scale")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=_positive, default=None,
+                   help="images reconstructed per call (default: 4 on a GPU, 1 on the CPU, where batching does not pay)")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("certify", help="guarantee report of a shipped model")
@@ -578,16 +453,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, FileNotFoundError, ImportError, KeyError) as err:
+    except UserInputError as err:
         if debug:
             raise
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except Exception as err:  # noqa: BLE001 -- a user must never see a traceback without asking for it
-        if debug:
+    except ImportError as err:
+        if debug or not _missing_optional(err):
             raise
-        print(f"{PROG}: error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for details)", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 -- anything else is a bug of the library: show where it happened
+        traceback.print_exc()
+        print(f"{PROG}: internal error (a bug of deepinv-mol, not of your input): please report the traceback above",
+              file=sys.stderr)
         return 1
+
+
+def _missing_optional(err: ImportError) -> bool:
+    # an optional dependency that is not installed (the user's environment), not a broken import of ours
+    text = str(err)
+    names = {getattr(err, "name", None) or ""} | {getattr(err.__cause__, "name", None) or ""}
+    return any(m in names or f"pip install {m}" in text or f"install {m}" in text for m in _OPTIONAL_MODULES) or (
+        "astra-toolbox" in text
+    )
 
 
 def _one_line(err):

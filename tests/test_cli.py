@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from deepinv_mol import cli, pretrained
+from deepinv_mol import cli, evaluation, pretrained
 
 
 def _run(argv, capsys):
@@ -104,19 +104,22 @@ def test_eval_json_schema_and_means(images, tmp_path, capsys):
     )
     assert code == 0, err
     payload = json.loads(out.read_text())
-    assert set(payload) == {"task", "n_images", "models"}
+    assert set(payload) == {"task", "n_images", "data_source", "models"}
     assert payload["task"] == "mri-radial-4x" and payload["n_images"] == 2
+    assert payload["data_source"] == f"file {images}"
     assert list(payload["models"]) == ["cg", "adjoint"]
     for name, r in payload["models"].items():
-        assert set(r) == {"psnr", "ssim", "psnr_per_image", "seconds", "iterations"}
-        assert len(r["psnr_per_image"]) == 2
+        assert set(r) == {"psnr", "ssim", "psnr_per_image", "ssim_per_image", "seconds", "iterations",
+                          "inner_iterations", "converged"}
+        assert len(r["psnr_per_image"]) == len(r["ssim_per_image"]) == 2
         assert r["psnr"] == pytest.approx(sum(r["psnr_per_image"]) / 2)
         assert -1 <= r["ssim"] <= 1 and r["seconds"] > 0
     assert payload["models"]["adjoint"]["iterations"] is None
     assert payload["models"]["cg"]["iterations"] >= 1
     # CG inverts the normal equations; the (rescaled) adjoint keeps the radial streaks and blur
     assert payload["models"]["cg"]["psnr"] > payload["models"]["adjoint"]["psnr"] + 1
-    assert "cg" in stdout and "PSNR" in stdout
+    assert "cg" in stdout and "PSNR" in stdout and "s/image" in stdout
+    assert "iterations: cg = conjugate-gradient iterations" in stdout and f"data: file {images}" in stdout
     # same seed, same numbers (measurements are seeded per image)
     out2 = tmp_path / "out2.json"
     cli.main(["eval", "--task", "mri-radial-4x", "--images", str(images), "--models", "cg", "--json", str(out2), "--seed", "1"])
@@ -162,7 +165,7 @@ def test_demo_runs_baselines_without_weights(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "no shipped weights" in stdout and "skipped" in stdout
     payload = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    assert set(payload["models"]) == {"adjoint", "cg"}
+    assert set(payload["models"]) == {"adjoint", "cg"} and payload["data_source"] == "embedded"
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
 
 
@@ -182,7 +185,7 @@ def test_bench_registry_points_at_real_functions():
 
 def test_plot_rows(tmp_path):
     rows = [{"case": "a", "ratio": 2.0, "seconds": 0.1}, {"case": "b", "ratio": 3.5, "seconds": 0.2}]
-    cli.plot_rows(rows, tmp_path / "p.png")
+    evaluation.plot_rows(rows, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
-    with pytest.raises(cli.CLIError, match="nothing numeric"):
-        cli.plot_rows([{"case": "a"}], tmp_path / "q.png")
+    with pytest.raises(evaluation.UserInputError, match="nothing numeric"):
+        evaluation.plot_rows([{"case": "a"}], tmp_path / "q.png")

@@ -208,3 +208,50 @@ def test_cone_beam_on_gpu():
     y = task.simulate(x, physics)
     assert y.shape[:2] == (1, 1) and y.shape[-2] == task.views
     assert abs(float(_snr(y, physics.A(x))) - task.snr_db) < 0.5
+
+
+@pytest.mark.parametrize(
+    "name,overrides,error,pattern",
+    [
+        ("ct-sparse-view", {"views": 0}, ValueError, "task setting views must be >= 1, got 0"),
+        ("ct-sparse-view", {"views": -5}, ValueError, "views must be >= 1"),
+        ("ct-sparse-view", {"views": 2.5}, TypeError, "views must be an int, got float"),
+        ("ct-sparse-view", {"source": "lidc"}, ValueError, "source must be 'auto', 'head-ct' or 'embedded'"),
+        ("mri-radial-4x", {"acceleration": 0}, ValueError, "acceleration must be > 0"),
+        ("mri-radial-4x", {"acceleration": float("inf")}, ValueError, "acceleration must be finite"),
+        ("mri-radial-4x", {"n_coils": 0}, ValueError, "n_coils must be >= 1"),
+        ("mri-radial-4x", {"snr_db": float("nan")}, ValueError, "snr_db must be finite"),
+        ("mri-radial-4x", {"snr_db": "30"}, TypeError, "snr_db must be a number, got str"),
+        ("mri-radial-4x", {"data_weight": -1.0}, ValueError, "data_weight must be > 0"),
+        ("mri-radial-4x", {"train_crop": 2}, ValueError, "train_crop must be >= 4"),
+        ("mri-radial-4x", {"image_size": (160,)}, ValueError, r"image_size must be a pair \(H, W\)"),
+        ("mri-radial-4x", {"size": 0}, ValueError, "size must be >= 4"),
+        ("mri-radial-4x", {"size": 32, "image_size": (32, 32)}, ValueError, "give size or image_size"),
+        ("mri-radial-dynamic", {"frames": 0}, ValueError, "frames must be >= 1"),
+        ("mri-3d", {"depth": 0}, ValueError, "depth must be >= 1"),
+        ("ct-3d-cone", {"depth": 0}, ValueError, "depth must be >= 1"),
+    ],
+)
+def test_bad_overrides_are_clear(name, overrides, error, pattern):
+    with pytest.raises(error, match=pattern):
+        get_task(name, **overrides)
+
+
+@pytest.mark.parametrize("name", CPU_TASKS)
+def test_small_variants(name):
+    """get_task(name, size=n): images, physics and training crop follow the size; the registry is untouched."""
+    task = get_task(name, size=24)
+    assert task.image_size == (24, 24) and (task.train_crop is None or task.train_crop <= 24)
+    assert get_task(name).image_size != (24, 24)
+    item = task.dataset("val")[0]
+    assert tuple(item.shape[-2:]) == (24, 24) and item.shape[0] == task.channels
+    physics = task.build_physics(tuple(item.shape))
+    y = task.simulate(item[None], physics, torch.Generator().manual_seed(0))
+    assert torch.isfinite(y).all() and physics.adjointness_test(item[None]).abs() < 1e-3
+
+
+def test_data_source_of_every_task():
+    for name in CPU_TASKS:
+        task = get_task(name)
+        expected = ("head-ct", "embedded") if task.modality == "ct" else ("embedded",)
+        assert task.data_source() in expected

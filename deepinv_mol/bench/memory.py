@@ -178,15 +178,16 @@ def training_step_memory(
 
 
 def _mri_problem(img_size, acceleration, batch, device, seed):
-    import deepinv as dinv
+    # the task registry's problem: mri-radial-4x (8-coil golden-angle radial NUFFT, 30 dB) at img_size,
+    # on embedded training slices resized to img_size
+    from deepinv_mol.tasks import get_task
+    from deepinv_mol.training import image_of
 
-    g = torch.Generator().manual_seed(seed)
-    mask = (torch.rand(img_size, img_size, generator=g) < 1.0 / acceleration).float()
-    c = img_size // 2
-    mask[:, c - max(1, img_size // 32) : c + max(1, img_size // 32)] = 1.0  # fully sampled centre
-    physics = dinv.physics.MRI(mask=mask, img_size=(2, img_size, img_size), device=device)
-    x = torch.randn(batch, 2, img_size, img_size, generator=g).to(device)
-    y = physics(x)
+    task = get_task("mri-radial-4x", size=img_size, acceleration=float(acceleration))
+    images = task.dataset("train", seed=seed)
+    x = torch.stack([image_of(images[i]) for i in range(batch)]).to(device)
+    physics = task.build_physics(tuple(x.shape[1:]), device)
+    y = task.simulate(x, physics, torch.Generator(device).manual_seed(seed))
     return physics, x, y
 
 
@@ -226,9 +227,10 @@ def bench_mol_vs_modl(
 ) -> list[dict]:
     r"""Training-step memory of MOL versus deepinv's ``MoDL`` with the same CNN, side by side.
 
-    Both use a strict :class:`deepinv_mol.models.MonotoneCNN` (width ``width``, ``depth`` layers) on
-    deepinv's single-coil Cartesian ``MRI`` (random mask at ``acceleration`` with a fully sampled centre,
-    complex ``img_size``\ ×\ ``img_size`` images); MOL runs exactly ``num_iter`` forward iterations
+    Both use a strict :class:`deepinv_mol.models.MonotoneCNN` (width ``width``, ``depth`` layers) on the
+    registry's ``mri-radial-4x`` task (:func:`deepinv_mol.tasks.get_task` with ``size=img_size`` and
+    ``acceleration``: 8-coil golden-angle radial NUFFT, 30 dB, embedded training slices as complex
+    ``img_size``\ ×\ ``img_size`` images); MOL runs exactly ``num_iter`` forward iterations
     (``tol=0``), MoDL unrolls ``num_iter`` layers. MOL's memory is that of one differentiable step, so
     the ratio grows with ``num_iter``.
 

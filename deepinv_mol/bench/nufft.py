@@ -14,6 +14,8 @@ import time
 
 import torch
 
+__all__ = ["bench_normal_operator"]
+
 
 def _median_seconds(fn, repeats: int, warmup: int) -> float:
     for _ in range(warmup):
@@ -40,7 +42,8 @@ def bench_normal_operator(
 
     Golden-angle radial sampling of an ``img_size`` :math:`\times` ``img_size`` image, undersampled
     ``acceleration`` times (:func:`~deepinv_mol.physics.spokes_for_acceleration` spokes of
-    ``2 * img_size`` samples), birdcage coil maps (``C = 1``: no coil maps). The two paths alternate
+    ``2 * img_size`` samples), birdcage coil maps: the registry's ``mri-radial-4x`` physics
+    (:func:`deepinv_mol.tasks.get_task` with ``size``, ``acceleration``, ``n_coils``). The two paths alternate
     in the same process; each figure is the median of ``repeats`` timed calls after ``warmup``.
 
     :param int img_size: image side :math:`N`.
@@ -55,11 +58,9 @@ def bench_normal_operator(
         when the machine is oversubscribed; compare ``threads=1``.
     :return: list of dicts, one per coil count: ``n_coils``, ``img_size``, ``spokes``, ``samples``,
         ``toeplitz_ms``, ``nufft_pair_ms``, ``speedup`` (pair / Toeplitz), ``rel_diff``
-        (:math:`\|T x - A^H A x\| / \|A^H A x\|`), ``kernel_s`` (one-off kernel computation),
+        (:math:`\|T x - A^H A x\| / \|A^H A x\|`), ``kernel_s`` (building the physics, Toeplitz kernel included),
         ``threads``.
     """
-    from deepinv_mol.physics import NufftMRI, birdcage_maps, radial_trajectory, spokes_for_acceleration
-
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -70,17 +71,18 @@ def bench_normal_operator(
 
 
 def _bench_rows(img_size, n_coils, acceleration, repeats, warmup, device, seed):
-    from deepinv_mol.physics import NufftMRI, birdcage_maps, radial_trajectory, spokes_for_acceleration
+    from deepinv_mol.tasks import get_task
 
-    spokes = spokes_for_acceleration(img_size, acceleration)
-    trajectory = radial_trajectory(spokes, 2 * img_size)
     x = torch.randn((1, 2, img_size, img_size), generator=torch.Generator().manual_seed(seed)).to(device)
     rows = []
     for coils in n_coils:
-        maps = birdcage_maps(coils, (img_size, img_size)) if coils > 1 else None
+        # the registry's mri-radial-4x at this size, acceleration and coil count
+        task = get_task("mri-radial-4x", size=img_size, acceleration=float(acceleration), n_coils=int(coils))
         start = time.perf_counter()
-        physics = NufftMRI(trajectory, (img_size, img_size), coil_maps=maps, device=device)
+        physics = task.build_physics((2, img_size, img_size), device)
         kernel_s = time.perf_counter() - start
+        spokes = physics.trajectory.shape[-1] // (2 * img_size)
+        trajectory = physics.trajectory
         with torch.no_grad():
             fast = physics.A_adjoint_A(x)
             pair = physics.A_adjoint(physics.A(x))
