@@ -55,7 +55,9 @@ def mol_variant(model, alpha: float | None = None, anderson: int | None = None, 
     """
     for attr in ("anderson", "tol", "max_iter", "raw_alpha"):
         if not hasattr(model, attr):
-            raise TypeError(f"mol_variant expects a deepinv_mol.optim.MOL (no attribute {attr!r}); got {type(model).__name__}")
+            raise TypeError(
+                f"mol_variant expects a deepinv_mol.optim.MOL (no attribute {attr!r}); got {type(model).__name__}"
+            )
     variant = copy.deepcopy(model)
     variant.warn = False
     if alpha is not None:
@@ -116,7 +118,8 @@ def run_recorded(model, y, physics, init=None, reference=None):
 
 @torch.no_grad()
 def equation_residual(model, x, y, physics) -> float:
-    r""":math:`\max_b \|F(x_b) + \lambda A^H(Ax_b - y_b)\| / \|x_b\|`, :math:`F = I - H`: zero exactly at MOL's fixed point.
+    r""":math:`\max_b \|F(x_b) + \lambda A^H(Ax_b - y_b)\| / \|x_b\|`, :math:`F = I - H`: zero exactly at MOL's
+    fixed point.
 
     :param model: a MOL model (``denoiser``, ``lambda_``).
     :param torch.Tensor x: image.
@@ -170,7 +173,9 @@ def bench_convergence(
     :return: the rows.
     """
     if int(n_starts) < 0 or int(max_iter) < 1 or not reference_tol > 0:
-        raise ValueError(f"need n_starts >= 0, max_iter >= 1, reference_tol > 0; got {n_starts}, {max_iter}, {reference_tol}")
+        raise ValueError(
+            f"need n_starts >= 0, max_iter >= 1, reference_tol > 0; got {n_starts}, {max_iter}, {reference_tol}"
+        )
     unknown = set(models) - set(MOL_MODELS)
     if unknown:
         raise ValueError(f"models must be among {MOL_MODELS} (MOL models), got {sorted(unknown)}")

@@ -188,7 +188,9 @@ def bench_speed(
                 bar.update(1)
             if profile_model is not None:
                 bar.set_postfix_str(f"{task_name} {profile_model} step profile")
-                model = loaded[profile_model] if profile_model in loaded else load_models([profile_model], task_name)[profile_model]
+                if profile_model not in loaded:
+                    loaded.update(load_models([profile_model], task_name))
+                model = loaded[profile_model]
                 y, physics = problem.ys[0], problem.physics
                 model(y, physics)  # warm-up
                 prof = mol_step_profile(model, y, physics)
