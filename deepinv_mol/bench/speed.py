@@ -125,17 +125,16 @@ def mol_step_profile(model, y, physics) -> dict:
     initialise = model.initialise
 
     def timed_start(*args, **kwargs):
-        before = dict(timer.calls)
+        calls, seconds = dict(timer.calls), dict(timer.seconds)
         tic = time.perf_counter()
         out = initialise(*args, **kwargs)
         start["seconds"] = time.perf_counter() - tic
-        start["calls"] = {p: timer.calls[p] - before[p] for p in timer.calls}
-        start["parts"] = dict(timer.seconds)
+        start["calls"] = {p: timer.calls[p] - calls[p] for p in calls}
+        start["parts"] = {p: timer.seconds[p] - seconds[p] for p in seconds}
         return out
 
     object.__setattr__(model, "initialise", timed_start)
     try:
-        before_seconds = dict(timer.seconds)
         tic = time.perf_counter()
         model(y, physics)
         total = time.perf_counter() - tic
@@ -146,7 +145,7 @@ def mol_step_profile(model, y, physics) -> dict:
     seconds, calls = dict(timer.seconds), dict(timer.calls)
     if start:
         for part in seconds:
-            seconds[part] -= start["parts"][part] - before_seconds[part]
+            seconds[part] -= start["parts"][part]
             calls[part] -= start["calls"][part]
     return {"total": total, "steps": calls["data consistency"], "iterations": model.stats.get("iterations"),
             "seconds": seconds, "calls": calls, "start_seconds": start.get("seconds", 0.0),
