@@ -25,6 +25,7 @@ __all__ = [
     "write_json",
     "progress_bar",
     "per_sample_norm",
+    "markdown_table",
 ]
 
 #: the two 2D tasks every benchmark runs on
@@ -150,3 +151,31 @@ def per_sample_norm(t: torch.Tensor) -> torch.Tensor:
     if t.is_complex():
         t = torch.view_as_real(t)
     return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+
+
+def markdown_table(rows: list, columns: list, digits: int = 3) -> str:
+    r"""Rows as a Markdown table of the given columns (floats to ``digits`` significant digits, ``None`` as ``-``).
+
+    :param list rows: list of dicts.
+    :param list columns: keys to show, in order.
+    :param int digits: significant digits of floats.
+
+    :Examples:
+
+    >>> from deepinv_mol.bench.report import markdown_table
+    >>> print(markdown_table([{"model": "mol", "amp": 1.23456, "bound": None}], ["model", "amp", "bound"]))
+    | model | amp | bound |
+    |---|---|---|
+    | mol | 1.23 | - |
+    """
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.{digits}g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
