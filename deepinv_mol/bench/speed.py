@@ -1,0 +1,290 @@
+r"""Speed: seconds per reconstruction of every model on every task, and where the time of a MOL step goes.
+
+:func:`bench_speed` returns three kinds of rows (key ``"kind"``):
+
+* ``"reconstruction"`` — per task and model: seconds per reconstruction (mean and fastest over the test
+  images, after one untimed warm-up call that fills caches such as the Toeplitz kernel or the strict
+  network's certified norms) and iterations;
+* ``"mol_step"`` — per task, for one MOL model: a reconstruction with every part timed by wall-clock
+  timers around it (the network :math:`H`, the data-consistency solve, the operators :math:`A`,
+  :math:`A^H`, :math:`A^HA`, the start image); nested calls are counted once (*exclusive* time: an
+  operator called inside the solve is charged to the operator, the rest of the solve to the solve).
+  Per step of the fixed-point iteration (the reconstruction's time without its start image and the
+  operator calls made by it, divided by the number of steps, so the one-off :math:`A^Hy` is spread over
+  the steps): calls, seconds, share of the step; ``"other"`` is the remainder (Anderson mixing and the engine's bookkeeping);
+* ``"operator"`` — per task: seconds of one call of :math:`A`, :math:`A^H`, :math:`A^HA` and of the network
+  alone (median of ``repeats``).
+
+Timings depend on the machine and its load: the JSON names the machine; tests check only the shapes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .report import TASKS, bench_problem, load_models, progress_bar, write_json
+
+__all__ = ["SPEED_MODELS", "PartTimer", "bench_speed", "plot_speed"]
+
+#: every reconstructor of ``deepinv-mol eval`` (``fbp`` on CT tasks only)
+SPEED_MODELS = ("mol-strict", "mol-penalty", "modl", "luser", "cg", "adjoint", "fbp")
+
+_PARTS = ("network", "data consistency", "A^H A", "A", "A^H", "start image")
+
+
+class PartTimer:
+    r"""Wall-clock timers with exclusive accounting: wrap callables with :meth:`wrap`; time spent in a wrapped
+    call made from inside another is charged to the inner one only.
+
+    :Examples:
+
+    >>> from deepinv_mol.bench.speed import PartTimer
+    >>> timer = PartTimer()
+    >>> inner = timer.wrap("inner", lambda v: v + 1)
+    >>> outer = timer.wrap("outer", lambda v: inner(v) * 2)
+    >>> outer(1), timer.calls["outer"], timer.calls["inner"]
+    (4, 1, 1)
+    """
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._stack: list[list[float]] = []
+
+    def wrap(self, name: str, fn):
+        r"""``fn`` with its time and calls recorded under ``name``."""
+        self.seconds.setdefault(name, 0.0)
+        self.calls.setdefault(name, 0)
+
+        def timed(*args, **kwargs):
+            self._stack.append([0.0])  # time of the wrapped calls nested in this one
+            tic = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - tic
+                nested = self._stack.pop()[0]
+                self.seconds[name] += elapsed - nested
+                self.calls[name] += 1
+                if self._stack:
+                    self._stack[-1][0] += elapsed
+
+        return timed
+
+
+def _instrument(model, physics, timer: PartTimer):
+    # instance attributes shadow the methods for this object only; _restore removes them
+    patched = []
+    for obj, attr, name in ((model.denoiser, "forward", "network"), (model, "data_consistency", "data consistency"),
+                            (model, "initialise", "start image"), (physics, "A_adjoint_A", "A^H A"),
+                            (physics, "A", "A"), (physics, "A_adjoint", "A^H")):
+        own = obj.__dict__.get(attr, _MISSING)  # an instance attribute of that name is put back afterwards
+        object.__setattr__(obj, attr, timer.wrap(name, getattr(obj, attr)))
+        patched.append((obj, attr, own))
+    return patched
+
+
+_MISSING = object()
+
+
+def _restore(patched):
+    for obj, attr, own in reversed(patched):
+        if own is _MISSING:
+            object.__delattr__(obj, attr)
+        else:
+            object.__setattr__(obj, attr, own)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(max(1, int(repeats))):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def mol_step_profile(model, y, physics) -> dict:
+    r"""One MOL reconstruction with its parts timed (:class:`PartTimer`), the start image apart.
+
+    :param model: a :class:`deepinv_mol.optim.MOL`.
+    :param torch.Tensor y: measurements.
+    :param physics: forward operator.
+    :return: ``{"total", "steps", "iterations", "seconds": {part: s}, "calls": {part: n}, "start_seconds",
+        "start_calls"}``: ``seconds`` and ``calls`` of the parts outside the start image (the operators the
+        start image calls are in ``start_calls``), ``start_seconds`` the start image's whole time, ``steps``
+        the number of data-consistency solves (one per evaluation of the step map).
+    """
+    timer = PartTimer()
+    patched = _instrument(model, physics, timer)
+    start = {}
+    initialise = model.initialise
+
+    def timed_start(*args, **kwargs):
+        calls, seconds = dict(timer.calls), dict(timer.seconds)
+        tic = time.perf_counter()
+        out = initialise(*args, **kwargs)
+        start["seconds"] = time.perf_counter() - tic
+        start["calls"] = {p: timer.calls[p] - calls[p] for p in calls}
+        start["parts"] = {p: timer.seconds[p] - seconds[p] for p in seconds}
+        return out
+
+    object.__setattr__(model, "initialise", timed_start)
+    try:
+        tic = time.perf_counter()
+        model(y, physics)
+        total = time.perf_counter() - tic
+    finally:
+        object.__setattr__(model, "initialise", initialise)  # back to the PartTimer wrapper, removed by _restore
+        _restore(patched)
+    # charge everything done inside the start image to it, not to the steps
+    seconds, calls = dict(timer.seconds), dict(timer.calls)
+    if start:
+        for part in seconds:
+            seconds[part] -= start["parts"][part]
+            calls[part] -= start["calls"][part]
+    return {"total": total, "steps": calls["data consistency"], "iterations": model.stats.get("iterations"),
+            "seconds": seconds, "calls": calls, "start_seconds": start.get("seconds", 0.0),
+            "start_calls": start.get("calls", {})}
+
+
+def bench_speed(
+    tasks=TASKS,
+    models=SPEED_MODELS,
+    n_images: int = 2,
+    image_size: int = 256,
+    profile_model: str | None = "mol-strict",
+    repeats: int = 3,
+    seed: int = 0,
+    json_path=None,
+    figure_path=None,
+    progress: bool = True,
+) -> list[dict]:
+    r"""Seconds per reconstruction of every model on every task, and the time inside one MOL step.
+
+    :param tasks: task names.
+    :param models: model names (``fbp`` is skipped on non-CT tasks).
+    :param int n_images: timed test images per model (after one untimed warm-up on the first).
+    :param int image_size: image side (256 in the issue; the tasks' test images are resized to it).
+    :param str profile_model: the MOL model whose step is broken down (``None``: no breakdown).
+    :param int repeats: calls per operator timing (median).
+    :param int seed: seed of data and noise.
+    :param str json_path: write the JSON there.
+    :param str figure_path: write the figure there (:func:`plot_speed`).
+    :param bool progress: show a progress bar.
+    :return: rows of kinds ``"reconstruction"``, ``"mol_step"``, ``"operator"`` (see the module docstring).
+    """
+    if profile_model is not None and profile_model not in ("mol-strict", "mol-penalty"):
+        raise ValueError(f"profile_model must be 'mol-strict', 'mol-penalty' or None, got {profile_model!r}")
+    settings = dict(tasks=list(tasks), models=list(models), n_images=n_images, image_size=image_size,
+                    profile_model=profile_model, repeats=repeats, seed=seed)
+    rows = []
+    bar = progress_bar(len(tasks) * (len(models) + (profile_model is not None)), "speed", progress)
+    for task_name in tasks:
+        problem = bench_problem(task_name, n_images, image_size, seed)
+        names = [m for m in models if m != "fbp" or task_name.startswith("ct")]
+        bar.total -= len(models) - len(names)
+        loaded = load_models(names, task_name)
+        with torch.no_grad():
+            for name, model in loaded.items():
+                bar.set_postfix_str(f"{task_name} {name}")
+                model(problem.ys[0], problem.physics)  # warm-up: caches, lazy initialisation
+                seconds, iterations = [], []
+                for y in problem.ys:
+                    tic = time.perf_counter()
+                    model(y, problem.physics)
+                    seconds.append(time.perf_counter() - tic)
+                    stats = getattr(model, "stats", None)
+                    it = stats.get("iterations") if isinstance(stats, dict) else None
+                    if it is None and getattr(model, "unfold", False):
+                        it = getattr(model, "max_iter", None)
+                    iterations.append(None if it is None else float(it))
+                its = [i for i in iterations if i is not None]
+                rows.append({"kind": "reconstruction", "task": task_name, "model": name,
+                             "image_size": problem.image_size, "n_images": len(problem.ys),
+                             "seconds": sum(seconds) / len(seconds), "seconds_min": min(seconds),
+                             "iterations": sum(its) / len(its) if its else None})
+                bar.update(1)
+            if profile_model is not None:
+                bar.set_postfix_str(f"{task_name} {profile_model} step profile")
+                if profile_model not in loaded:
+                    loaded.update(load_models([profile_model], task_name))
+                model = loaded[profile_model]
+                y, physics = problem.ys[0], problem.physics
+                model(y, physics)  # warm-up
+                prof = mol_step_profile(model, y, physics)
+                steps = max(prof["steps"], 1)
+                per_step = {p: prof["seconds"][p] / steps for p in _PARTS if p != "start image"}
+                step_total = (prof["total"] - prof["start_seconds"]) / steps
+                per_step["other"] = max(step_total - sum(per_step.values()), 0.0)
+                for part, secs in per_step.items():
+                    rows.append({"kind": "mol_step", "task": task_name, "model": profile_model, "part": part,
+                                 "image_size": problem.image_size,
+                                 "calls_per_step": (prof["calls"][part] / steps) if part in prof["calls"] else None,
+                                 "seconds_per_step": secs, "share": secs / step_total if step_total > 0 else None,
+                                 "steps": prof["steps"], "seconds_reconstruction": prof["total"],
+                                 "seconds_start_image": prof["start_seconds"]})
+                x = problem.xs[0]
+                ops = {"A": lambda: physics.A(x), "A^H": lambda: physics.A_adjoint(y),
+                       "A^H A": lambda: physics.A_adjoint_A(x), "network": lambda: model.denoiser(x)}
+                for part, fn in ops.items():
+                    fn()  # warm-up
+                    rows.append({"kind": "operator", "task": task_name, "part": part, "image_size": problem.image_size,
+                                 "seconds_per_call": _median_seconds(fn, repeats)})
+                bar.update(1)
+    bar.close()
+    if json_path is not None:
+        write_json(json_path, "speed", settings, rows)
+    if figure_path is not None:
+        plot_speed(rows, figure_path)
+    return rows
+
+
+def plot_speed(rows: list, path) -> None:
+    r"""Left: seconds per reconstruction (log scale), one group per model, one bar per task. Right: one stacked
+    bar per task splitting a MOL step into its parts.
+
+    :param list rows: rows of :func:`bench_speed`.
+    :param str path: PNG file.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recon = [r for r in rows if r["kind"] == "reconstruction"]
+    step = [r for r in rows if r["kind"] == "mol_step"]
+    tasks = list(dict.fromkeys(r["task"] for r in recon))
+    models = list(dict.fromkeys(r["model"] for r in recon))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    width = 0.8 / max(len(tasks), 1)
+    for j, task in enumerate(tasks):
+        values = [next((r["seconds"] for r in recon if r["task"] == task and r["model"] == m), 0.0) for m in models]
+        ax.bar([i + j * width for i in range(len(models))], values, width, label=task)
+    ax.set_yscale("log")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models, rotation=15, fontsize=8)
+    ax.set_ylabel("seconds per reconstruction")
+    size = recon[0]["image_size"] if recon else ""
+    ax.set_title(f"reconstruction time, {size}x{size}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = axes[0, 1]
+    step_tasks = list(dict.fromkeys(r["task"] for r in step))
+    parts = list(dict.fromkeys(r["part"] for r in step))
+    for i, task in enumerate(step_tasks):
+        bottom = 0.0
+        for k, part in enumerate(parts):
+            secs = next((r["seconds_per_step"] for r in step if r["task"] == task and r["part"] == part), 0.0)
+            ax.bar(i, secs, 0.6, bottom=bottom, color=f"C{k}", label=part if i == 0 else None)
+            bottom += secs
+    ax.set_xticks(range(len(step_tasks)), step_tasks, fontsize=8)
+    ax.set_ylabel("seconds per MOL step")
+    ax.set_title(f"inside one step of {step[0]['model'] if step else 'MOL'}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
