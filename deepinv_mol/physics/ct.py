@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -288,17 +289,49 @@ class _Engine3D:
         self.close()
 
 
+def _is_functorch_wrapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a torch.func (vmap/grad) wrapper, on which data-dependent checks cannot run."""
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+    except AttributeError:  # pragma: no cover (old torch)
+        return False
+
+
+def _total_memory_bytes() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class _Project(torch.autograd.Function):
-    r"""Forward or back projection; the backward of one is the other (the matched adjoint)."""
+    r"""Forward or back projection, a new-style autograd Function (``torch.func`` ready): the backward
+    of one is the other (the matched adjoint), the forward-mode derivative of a linear map is the map,
+    and ``vmap`` folds the mapped dimension into the batch."""
 
     @staticmethod
-    def forward(ctx, x, physics, adjoint):
-        ctx.physics, ctx.adjoint = physics, adjoint
-        return physics._run_astra(x, "adjoint" if adjoint else "forward")
+    def forward(x, physics, adjoint):
+        return physics._project(x, adjoint)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.physics, ctx.adjoint = inputs[1], inputs[2]
 
     @staticmethod
     def backward(ctx, grad):
         return _Project.apply(grad, ctx.physics, not ctx.adjoint), None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _physics, _adjoint):
+        return _Project.apply(tangent, ctx.physics, ctx.adjoint)
+
+    @staticmethod
+    def vmap(info, in_dims, x, physics, adjoint):
+        if in_dims[0] is None:
+            return _Project.apply(x, physics, adjoint), None
+        x = x.movedim(in_dims[0], 0)
+        out = _Project.apply(x.reshape((-1,) + x.shape[2:]), physics, adjoint)
+        return out.reshape(x.shape[:2] + out.shape[1:]), 0
 
 
 class AstraCT(LinearPhysics):
@@ -352,13 +385,25 @@ class AstraCT(LinearPhysics):
         ``torch.get_num_threads()``.
     :param deepinv.physics.NoiseModel noise_model: measurement noise (default none).
     :param str | torch.device device: device of the buffers.
+    :param bool normalize: divide :meth:`A` and :meth:`A_adjoint` by the operator norm :math:`\|A\|`
+        (deepinv's convention, as :class:`deepinv.physics.Tomography`), so that :math:`\|A\| = 1` and
+        :math:`A^\top y` is on the image's scale. The norm is computed once by power iteration (and
+        again when the angles change) and kept in the buffer ``operator_norm`` (1 when ``normalize=False``,
+        which keeps the line integrals in physical length units described above). :meth:`fbp` undoes
+        the normalisation: it always returns the image in the units of ``x``.
+    :param kwargs: passed to :class:`deepinv.physics.LinearPhysics` (``max_iter``, ``tol``, ``solver``).
+
+    Likely mistakes are flagged with a :class:`UserWarning`: angles larger than :math:`2\pi`
+    (degrees given for radians) and detectors of 1 to 3 cells. A and its adjoint are new-style
+    ``torch.autograd.Function``\ s, so ``torch.func.grad``/``vjp``/``jvp``/``vmap`` and
+    :func:`deepinv.physics.forward.adjoint_function` work through them.
 
     :Examples:
 
         >>> import math, torch
         >>> from deepinv_mol.physics import AstraCT
         >>> angles = torch.linspace(0, math.pi, 61)[:-1]
-        >>> physics = AstraCT((32, 32), angles, backend="cpu")
+        >>> physics = AstraCT((32, 32), angles, backend="cpu", normalize=False)
         >>> x = torch.zeros(1, 1, 32, 32); x[..., 8:24, 8:24] = 1.0
         >>> y = physics(x)
         >>> y.shape
@@ -367,6 +412,9 @@ class AstraCT(LinearPhysics):
         256
         >>> physics.adjointness_test(x) < 1e-3
         tensor(True)
+        >>> unit = AstraCT((32, 32), angles, backend="cpu")  # normalize=True: ||A|| = 1
+        >>> round(unit.compute_norm(x, tol=1e-6, verbose=False).item(), 2)
+        1.0
     """
 
     def __init__(
@@ -384,8 +432,11 @@ class AstraCT(LinearPhysics):
         n_threads: int | None = None,
         noise_model=None,
         device: torch.device | str = "cpu",
+        normalize: bool = True,
         **kwargs,
-    ):
+    ) -> None:
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
         try:
             import astra  # noqa: F401  (lazy: heavy optional dependency)
         except ImportError as e:
@@ -422,6 +473,7 @@ class AstraCT(LinearPhysics):
 
         # ---- angles
         angles = self._check_angles(angles)
+        self._warn_angles(angles)
 
         # ---- physical sizes
         pixel_size = _positive("pixel_size", pixel_size)
@@ -485,6 +537,25 @@ class AstraCT(LinearPhysics):
                 raise ValueError(f"n_detectors must be a positive int, got {n_detectors!r}")
             n_detectors = int(n_detectors)
 
+        cols = n_detectors[1] if isinstance(n_detectors, tuple) else n_detectors
+        if cols < 4:
+            warnings.warn(
+                f"AstraCT with {cols} detector cell(s): the sinogram will be truncated to almost nothing "
+                f"(the default for img_size={img_size} is {default_cols}); pass n_detectors=None for it",
+                UserWarning,
+                stacklevel=2,
+            )
+        # ---- memory, before ASTRA allocates anything
+        total = _total_memory_bytes()
+        rows = n_detectors[0] if isinstance(n_detectors, tuple) else (img_size[0] if ndim == 3 else 1)
+        needed = 4 * (math.prod(img_size) + rows * cols * angles.shape[0])  # one float32 image + sinogram
+        if total is not None and needed > total:
+            raise ValueError(
+                f"AstraCT(img_size={img_size}, {angles.shape[0]} angles, {cols} detectors) needs about "
+                f"{needed / 2**30:.1f} GiB for one image and its sinogram, more than this machine's "
+                f"{total / 2**30:.1f} GiB of memory; use a smaller img_size or fewer angles"
+            )
+
         # ---- projector
         if use_cuda:
             if projector not in (None, "cuda"):
@@ -509,7 +580,56 @@ class AstraCT(LinearPhysics):
         # float64 so that the geometry handed to ASTRA is exactly what the user gave
         self.register_buffer("angles", angles)
         self._engine_cache = None
+        self.normalize = normalize
+        self.register_buffer("operator_norm", torch.ones((), dtype=torch.float64))
+        self._update_norm()
         self.to(device)
+
+    def _apply(self, fn, recurse=True):
+        # angles and operator_norm stay float64 whatever .to(dtype) asks: the geometry handed to ASTRA
+        # and the scale are exact; ASTRA computes in float32 and outputs follow the input's dtype
+        keep = {k: self._buffers.get(k) for k in ("angles", "operator_norm")}
+        super()._apply(fn, recurse)
+        for name, value in keep.items():
+            if value is not None:
+                self._buffers[name] = value.to(device=self._buffers[name].device, dtype=torch.float64)
+        return self
+
+    def _update_norm(self) -> None:
+        r"""``operator_norm`` := :math:`\|A\|` of the unnormalised operator by power iteration (when
+        ``normalize``), from a fixed random image; 1 when ``normalize=False``."""
+        self.operator_norm = torch.ones((), dtype=torch.float64, device=self.angles.device)
+        if not self.normalize or self.angles.device.type == "meta":
+            return
+        x = torch.randn((1, 1) + self.image_shape, generator=torch.Generator().manual_seed(0))
+        lam = None
+        with torch.no_grad():
+            for _ in range(100):
+                x = x / x.norm()
+                z = self._run_astra(self._run_astra(x, "forward"), "adjoint")
+                new = float((x * z).sum())
+                x = z
+                if lam is not None and abs(new - lam) <= 1e-6 * abs(new):
+                    lam = new
+                    break
+                lam = new
+        if not lam > 0:
+            raise ValueError("AstraCT: the projector is zero for this geometry (no ray meets the image)")
+        self.operator_norm = torch.tensor(math.sqrt(lam), dtype=torch.float64, device=self.angles.device)
+
+    def _project(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        out = self._run_astra(t, "adjoint" if adjoint else "forward")
+        return out / self.operator_norm.item() if self.normalize else out
+
+    @staticmethod
+    def _warn_angles(angles: torch.Tensor) -> None:
+        if angles.abs().max().item() > 2 * math.pi + 1e-6:
+            warnings.warn(
+                f"AstraCT angles reach {angles.abs().max().item():.4g}, beyond 2*pi: angles are in radians "
+                "(convert degrees with torch.deg2rad)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -535,7 +655,11 @@ class AstraCT(LinearPhysics):
         :param torch.Tensor angles: new 1D angles in radians (validated like the constructor's).
         """
         if angles is not None:
-            self.angles = self._check_angles(angles).to(self.angles.device)
+            angles = self._check_angles(angles)
+            self._warn_angles(angles)
+            self.angles = angles.to(self.angles.device)
+            if self.normalize:
+                self._update_norm()
         super().update_parameters(**kwargs)
 
     def extra_repr(self) -> str:
@@ -564,7 +688,9 @@ class AstraCT(LinearPhysics):
             raise TypeError(f"{what} must be a floating-point tensor, got {t.dtype}")
         if t.ndim != len(expected) + 2 or tuple(t.shape[2:]) != expected:
             raise ValueError(f"{what} must have shape (B, C, {', '.join(map(str, expected))}), got {tuple(t.shape)}")
-        if t.device.type != "meta" and not torch.isfinite(t).all():
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"AstraCT got an empty batch: {what} of shape {tuple(t.shape)} (B and C must be >= 1)")
+        if t.device.type != "meta" and not _is_functorch_wrapped(t) and not torch.isfinite(t).all():
             raise ValueError(f"{what} contains NaN or Inf values")
 
     # ------------------------------------------------------------------ ASTRA geometry
@@ -744,7 +870,8 @@ class AstraCT(LinearPhysics):
         """
         self._check(y, self.measurement_shape, "y")
         with torch.no_grad():
-            return self._run_astra(y, "fbp")
+            # undo the normalisation: FBP inverts the operator in physical units
+            return self._run_astra(y * self.operator_norm.item() if self.normalize else y, "fbp")
 
     def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:
         r"""Least-squares solution of :math:`Ax = y` by CG (deepinv's), or FBP/FDK when ``fbp=True``.
