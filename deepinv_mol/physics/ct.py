@@ -788,50 +788,65 @@ class AstraCT(LinearPhysics):
         return self._fanbeam_fbp_cpu(y)
 
     def _fanbeam_fbp_cpu(self, y: np.ndarray) -> np.ndarray:
-        r"""Fan-beam FBP on CPU: rebin to parallel beam, then ASTRA's parallel ``FBP``.
+        r"""Fan-beam FBP on CPU: direct weighted filtered back projection (flat detector).
 
-        ASTRA's CPU ``FBP`` supports parallel beam only. A fan ray at source angle :math:`\beta` and
-        flat-detector coordinate :math:`u` is the parallel ray :math:`\theta = \beta - \gamma`,
-        :math:`s = R_s \sin\gamma` with :math:`\gamma = \arctan(u / (R_s + R_d))`; we interpolate
-        (bilinear) the fan sinogram at those points. Needs equally spaced angles over a full turn.
+        ASTRA's CPU ``FBP`` supports parallel beam only. With :math:`R` the source-to-axis distance,
+        :math:`s'` the detector coordinate scaled to the axis (spacing :math:`\Delta' = \Delta R / (R +
+        R_d)`) and :math:`U = ((P - S)\cdot c) / R` the depth of pixel :math:`P` along the central ray
+        :math:`c` of the source :math:`S` (Kak & Slaney, section 3.4.2):
+
+        .. math:: x(P) \approx \sum_k \Delta\beta_k\, \frac{1}{U^2}\, Q_k(s'(P)),\qquad
+                  Q_k = \tfrac12\, \Delta' \Big(h * \big(y_k \cdot \tfrac{R}{\sqrt{R^2 + s'^2}}\big)\Big),
+
+        with :math:`h` the Ram-Lak kernel and :math:`Q_k(s'(P))` interpolated linearly where the ray
+        through :math:`P` meets the detector (ASTRA's own source/detector vectors, so the geometry is
+        the forward operator's). Needs equally spaced angles over a full turn.
+
+        An earlier version rebinned to parallel beam, interpolating *across views*: with few views
+        (16 to 32 over :math:`2\pi`, 22 to 11 degrees apart) that interpolation dominated the error
+        (0.25 against 0.12 for parallel beam on a 16x16 disc phantom at 16 views); weighting per view
+        keeps fan beam within the parallel-beam error at every view count (tests/test_ct.py).
         """
         import astra
-        from scipy.ndimage import map_coordinates
 
+        if y.shape[0] == 0:
+            raise ValueError("AstraCT.fbp got an empty batch (no sinogram)")
         beta = self.angles.detach().cpu().numpy()
         n = beta.shape[0]
         step = 2 * math.pi / n
         if n < 2 or not np.allclose(np.diff(beta), step, rtol=0, atol=1e-4 * step):
             raise ValueError(
-                "fan-beam FBP on CPU rebins to parallel beam and needs equally spaced angles over a full "
-                "turn (2*pi); use A_dagger(y, fbp=False) (CG) for other angle sets"
+                "fan-beam FBP on CPU needs equally spaced angles over a full turn (2*pi); "
+                "use A_dagger(y, fbp=False) (CG) for other angle sets"
             )
         so, od, du = self.source_origin, self.origin_detector, self.detector_spacing
         nd = self.n_detectors
-        # parallel detector at the axis: pixel_size spacing, wide enough for the whole fan
-        u_max = (nd - 1) / 2 * du
-        s_max = so * math.sin(math.atan(u_max / (so + od)))
-        n_par = 2 * int(math.floor(s_max / self.pixel_size)) + 1
-        s = (np.arange(n_par) - (n_par - 1) / 2) * self.pixel_size
-        gamma = np.arcsin(np.clip(s / so, -1, 1))
-        theta = beta.copy()
-        angle_index = np.mod(theta[:, None] + gamma[None, :] - beta[0], 2 * math.pi) / step
-        det_index = ((so + od) * np.tan(gamma) / du + (nd - 1) / 2)[None, :].repeat(n, 0)
-        coords = [angle_index.ravel(), det_index.ravel()]
-        par_geom = astra.create_proj_geom("parallel", self.pixel_size, n_par, theta)
-        vol, _ = self._astra_geometries()
-        par = _Engine2D(vol, par_geom, "linear", n_threads=self.n_threads)
-        try:
-            sino = np.stack(
-                [
-                    map_coordinates(np.concatenate([yi, yi[:1]], 0), coords, order=1, mode="constant").reshape(n, n_par)
-                    for yi in y
-                ]
-            ).astype(np.float32)
-            # ASTRA's FBP normalises for the angle set (checked: a full turn gives the right scale)
-            return par.fbp(sino)
-        finally:
-            par.close()
+        _, proj = self._astra_geometries()
+        vectors = astra.geom_2vec(proj)["Vectors"]  # (n, 6): source, detector centre, detector u step
+        h, w = self.image_shape
+        ps = self.pixel_size
+        px = (np.arange(w) - (w - 1) / 2) * ps
+        py = ((h - 1) / 2 - np.arange(h)) * ps  # row 0 at the top (+y)
+        gx, gy = np.meshgrid(px, py)  # (h, w)
+        # pre-weighting and ramp filtering of every view (virtual detector at the axis)
+        scale = so / (so + od)
+        s_virtual = (np.arange(nd) - (nd - 1) / 2) * du * scale
+        weighted = y.astype(np.float64) * (so / np.sqrt(so**2 + s_virtual**2))
+        filtered = 0.5 * _ramp_filter(weighted, du * scale).astype(np.float64)  # (b, n, nd)
+        out = np.zeros((y.shape[0], h, w))
+        det_axis = np.arange(nd, dtype=np.float64)
+        for k in range(n):
+            sx, sy, dx, dy, ux, uy = vectors[k]
+            vx, vy = gx - sx, gy - sy  # source -> pixel
+            cx, cy = dx - sx, dy - sy
+            # detector coordinate t (in cells) where the ray meets the detector line D + t u
+            t = ((dx - sx) * vy - (dy - sy) * vx) / (vx * uy - vy * ux)
+            index = t + (nd - 1) / 2
+            depth = (vx * cx + vy * cy) / math.hypot(cx, cy)  # U * R
+            weight = step * (so / depth) ** 2
+            for b in range(y.shape[0]):
+                out[b] += weight * np.interp(index, det_axis, filtered[b, k], left=0.0, right=0.0)
+        return out.astype(np.float32)
 
     # ------------------------------------------------------------------ deepinv interface
     def A(self, x: torch.Tensor, angles=None, **kwargs) -> torch.Tensor:
