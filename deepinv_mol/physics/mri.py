@@ -311,6 +311,8 @@ class NufftMRI(LinearPhysics):
                 self._build_nufft(self._dtype, self.trajectory.device)
                 if self.toeplitz and self.toeplitz_kernel is not None:
                     self.toeplitz_kernel = self._compute_toeplitz_kernel()
+                if self.normalize:
+                    self._update_norm()  # the norm in the new precision, as a fresh operator's
         return self
 
     def _update_norm(self) -> None:
@@ -374,7 +376,7 @@ class NufftMRI(LinearPhysics):
         if not torch.isfinite(traj).all():
             raise ValueError("trajectory contains NaN or Inf")
         # -pi in float32 is a valid sample, and so is its float64 copy (8.7e-8 below -pi): tolerate
-        # float32 rounding below -pi (and clamp); +pi itself is out of range
+        # float32 rounding below -pi; +pi itself is out of range
         if (traj < -math.pi - _PI_TOLERANCE).any() or (traj >= math.pi).any():
             low, high = traj.min().item(), traj.max().item()
             raise ValueError(
@@ -382,7 +384,7 @@ class NufftMRI(LinearPhysics):
                 "(wrap with torch.remainder(k + pi, 2 * pi) - pi, or rescale from 1/FOV units by 2*pi/N)"
             )
         dtype = getattr(self, "_dtype", torch.float32)
-        traj = traj.to(torch.float64).clamp_min(-math.pi)
+        traj = traj.to(torch.float64)  # a few float32 ulps below -pi: kept (the NUFFT is 2pi-periodic)
         # values at (or rounding onto) +pi: fold them (the NUFFT is 2pi-periodic)
         traj = torch.where(traj.to(dtype) >= math.pi, traj - 2 * math.pi, traj).to(dtype)
         device = self.trajectory.device if getattr(self, "trajectory", None) is not None else None
