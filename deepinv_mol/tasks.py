@@ -274,7 +274,7 @@ class RadialMRITask(Task):
 
         side = max(spatial)
         trajectory = _rotate(radial_trajectory(spokes_for_acceleration(spatial, self.acceleration), 2 * side), generator)
-        return NufftMRI(trajectory, spatial, coil_maps=_coil_maps(self.n_coils, spatial, generator), device=device)
+        return NufftMRI(trajectory, spatial, coil_maps=_coil_maps(self.n_coils, spatial, generator), device=device, normalize=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,7 +297,7 @@ class DynamicMRITask(RadialMRITask):
         spokes = spokes_for_acceleration((height, width), self.acceleration)
         trajectory = _rotate(radial_trajectory(spokes, 2 * side, frames=frames), generator)
         coils = _coil_maps(self.n_coils, (height, width), generator)
-        return NufftMRI(trajectory, (height, width), coil_maps=coils, device=device)
+        return NufftMRI(trajectory, (height, width), coil_maps=coils, device=device, normalize=False)
 
     def _layout(self):
         return "(C, T, H, W)"
@@ -330,7 +330,7 @@ class StackOfStarsMRITask(RadialMRITask):
         trajectory = torch.cat([kz, in_plane], dim=1).permute(1, 0, 2).reshape(3, -1)
         # a 16-slice slab is thin next to the coils: 2D maps, constant along z
         coils = _coil_maps(self.n_coils, (height, width), generator)[:, None].expand(-1, depth, -1, -1).contiguous()
-        return NufftMRI(trajectory, spatial, coil_maps=coils, device=device)
+        return NufftMRI(trajectory, spatial, coil_maps=coils, device=device, normalize=False)
 
     def _layout(self):
         return "(C, D, H, W)"
@@ -374,7 +374,7 @@ class FanBeamCTTask(Task):
         angles = self._angles()
         if generator is not None:
             angles = angles + float(torch.rand(1, generator=generator)) * (2 * math.pi / self.views)
-        return AstraCT(spatial, angles, geometry="fanbeam", device=device)
+        return AstraCT(spatial, angles, geometry="fanbeam", device=device, normalize=False)
 
     def _slices(self, split):
         if self.data_source() == "head-ct":
@@ -412,7 +412,7 @@ class ConeBeamCTTask(FanBeamCTTask):
         angles = self._angles()
         if generator is not None:
             angles = angles + float(torch.rand(1, generator=generator)) * (2 * math.pi / self.views)
-        return AstraCT(spatial, angles, geometry="cone", backend="cuda", device=device)
+        return AstraCT(spatial, angles, geometry="cone", backend="cuda", device=device, normalize=False)
 
     def _layout(self):
         return "(C, D, H, W)"

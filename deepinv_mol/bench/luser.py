@@ -70,7 +70,7 @@ def make_problem(name: str, img_size: int = 256):
         try:
             from deepinv_mol.physics import AstraCT
 
-            return AstraCT((img_size, img_size), angles, backend="cpu"), 1, "AstraCT parallel, 60 views"
+            return AstraCT((img_size, img_size), angles, backend="cpu", normalize=False), 1, "AstraCT parallel, 60 views"
         except ImportError:
             physics = dinv.physics.Tomography(angles=60, img_width=img_size, normalize=True)
             return physics, 1, "deepinv Tomography (no ASTRA), 60 views"
@@ -78,7 +78,7 @@ def make_problem(name: str, img_size: int = 256):
         from deepinv_mol.physics import NufftMRI, radial_trajectory, spokes_for_acceleration
 
         spokes = spokes_for_acceleration(img_size, 4)
-        physics = NufftMRI(radial_trajectory(spokes, 2 * img_size), (img_size, img_size))
+        physics = NufftMRI(radial_trajectory(spokes, 2 * img_size), (img_size, img_size), normalize=False)
         return physics, 2, f"NufftMRI radial, {spokes} spokes (4x)"
     raise ValueError(f"unknown problem {name!r}; expected one of {PROBLEMS}")
 
