@@ -35,7 +35,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from deepinv.physics import LinearPhysics
+from deepinv.physics import LinearPhysics, NoiseModel
 
 __all__ = ["AstraCT"]
 
@@ -420,7 +420,7 @@ class AstraCT(LinearPhysics):
     def __init__(
         self,
         img_size: Sequence[int],
-        angles,
+        angles: torch.Tensor | np.ndarray | Sequence[float],
         geometry: str = "parallel",
         n_detectors: int | Sequence[int] | None = None,
         backend: str = "auto",
@@ -430,7 +430,7 @@ class AstraCT(LinearPhysics):
         origin_detector: float | None = None,
         projector: str | None = None,
         n_threads: int | None = None,
-        noise_model=None,
+        noise_model: NoiseModel | None = None,
         device: torch.device | str = "cpu",
         normalize: bool = True,
         **kwargs,
@@ -648,7 +648,7 @@ class AstraCT(LinearPhysics):
             raise ValueError("angles must be finite")
         return t
 
-    def update_parameters(self, angles=None, **kwargs):
+    def update_parameters(self, angles: torch.Tensor | Sequence[float] | None = None, **kwargs) -> None:
         r"""Change the projection angles (e.g. per batch, ``physics(x, angles=...)``); the ASTRA
         geometry is rebuilt on the next call.
 

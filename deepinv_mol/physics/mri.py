@@ -8,7 +8,7 @@ import os
 import warnings
 
 import torch
-from deepinv.physics import LinearPhysics
+from deepinv.physics import LinearPhysics, NoiseModel
 
 __all__ = ["NufftMRI"]
 
@@ -211,7 +211,7 @@ class NufftMRI(LinearPhysics):
         coil_maps: torch.Tensor | None = None,
         density: torch.Tensor | str | None = None,
         toeplitz: bool = True,
-        noise_model=None,
+        noise_model: NoiseModel | None = None,
         device: torch.device | str = "cpu",
         normalize: bool = True,
         dtype: torch.dtype = torch.float32,
@@ -514,7 +514,13 @@ class NufftMRI(LinearPhysics):
             raise ValueError("density weights give a non-positive gridding gain (all-zero weights?)")
         return (w / gain[:, None, None]).reshape(weights.shape)
 
-    def update_parameters(self, trajectory=None, coil_maps=None, density=None, **kwargs):
+    def update_parameters(
+        self,
+        trajectory: torch.Tensor | None = None,
+        coil_maps: torch.Tensor | None = None,
+        density: torch.Tensor | str | None = None,
+        **kwargs,
+    ) -> None:
         r"""Change the trajectory, coil maps or density weights (``physics(x, trajectory=...)`` calls this).
 
         A new trajectory recomputes the Toeplitz kernel (when ``toeplitz=True``) and drops cached

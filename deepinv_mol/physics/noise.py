@@ -27,7 +27,7 @@ class RelativeGaussianNoise(NoiseModel):
     :param torch.Generator rng: default random source (``None``: torch's global one).
     """
 
-    def __init__(self, snr_db: float, rng: torch.Generator | None = None):
+    def __init__(self, snr_db: float, rng: torch.Generator | None = None) -> None:
         super().__init__(rng=rng)
         if not math.isfinite(float(snr_db)):
             raise ValueError(f"snr_db must be finite, got {snr_db!r}")
