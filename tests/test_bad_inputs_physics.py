@@ -78,6 +78,15 @@ def _ct_nan():
     _ct().A(x)
 
 
+def _old_state_dicts():
+    """State dicts saved before normalisation (no ``operator_norm``) still load: the operator keeps its own."""
+    for physics in (_mri(), _ct()):
+        state = physics.state_dict()
+        norm = state.pop("operator_norm").clone()
+        physics.load_state_dict(state)
+        assert torch.equal(physics.operator_norm, norm)
+
+
 def _noise_nan_snr():
     RelativeGaussianNoise(float("nan"))
 
@@ -137,6 +146,7 @@ CASES = [
     ("ct NaN angles", lambda: _ct(angles=torch.tensor([0.0, float("nan")])), ValueError, r"finite"),
     ("ct complex sinogram", lambda: _ct().A_adjoint(torch.zeros(1, 1, 6, 13, dtype=torch.complex64)), TypeError,
      r"real"),
+    ("old state_dict without operator_norm", _old_state_dicts, None, ""),
     # ---------------------------------------------------------------- trajectories, coils, noise
     ("radial zero samples", lambda: radial_trajectory(4, 0), ValueError, r"n_samples"),
     ("radial zero frames", lambda: radial_trajectory(4, 8, frames=0), ValueError, r"frames"),

@@ -595,6 +595,11 @@ class AstraCT(LinearPhysics):
                 self._buffers[name] = value.to(device=self._buffers[name].device, dtype=torch.float64)
         return self
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "operator_norm" not in state_dict:  # a state_dict from before normalisation
+            state_dict[prefix + "operator_norm"] = self.operator_norm.clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _update_norm(self) -> None:
         r"""``operator_norm`` := :math:`\|A\|` of the unnormalised operator by power iteration (when
         ``normalize``), from a fixed random image; 1 when ``normalize=False``."""
