@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
@@ -36,6 +35,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from deepinv.physics import LinearPhysics, NoiseModel
+
+from ._utils import is_functorch_wrapped, refuse_if_too_large
 
 __all__ = ["AstraCT"]
 
@@ -289,21 +290,6 @@ class _Engine3D:
         self.close()
 
 
-def _is_functorch_wrapped(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a torch.func (vmap/grad) wrapper, on which data-dependent checks cannot run."""
-    try:
-        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
-    except AttributeError:  # pragma: no cover (old torch)
-        return False
-
-
-def _total_memory_bytes() -> int | None:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 class _Project(torch.autograd.Function):
     r"""Forward or back projection, a new-style autograd Function (``torch.func`` ready): the backward
     of one is the other (the matched adjoint), the forward-mode derivative of a linear map is the map,
@@ -546,15 +532,13 @@ class AstraCT(LinearPhysics):
                 stacklevel=2,
             )
         # ---- memory, before ASTRA allocates anything
-        total = _total_memory_bytes()
         rows = n_detectors[0] if isinstance(n_detectors, tuple) else (img_size[0] if ndim == 3 else 1)
         needed = 4 * (math.prod(img_size) + rows * cols * angles.shape[0])  # one float32 image + sinogram
-        if total is not None and needed > total:
-            raise ValueError(
-                f"AstraCT(img_size={img_size}, {angles.shape[0]} angles, {cols} detectors) needs about "
-                f"{needed / 2**30:.1f} GiB for one image and its sinogram, more than this machine's "
-                f"{total / 2**30:.1f} GiB of memory; use a smaller img_size or fewer angles"
-            )
+        refuse_if_too_large(
+            f"AstraCT(img_size={img_size}, {angles.shape[0]} angles, {cols} detectors) (one image and its sinogram)",
+            needed,
+            "use a smaller img_size or fewer angles",
+        )
 
         # ---- projector
         if use_cuda:
@@ -695,7 +679,7 @@ class AstraCT(LinearPhysics):
             raise ValueError(f"{what} must have shape (B, C, {', '.join(map(str, expected))}), got {tuple(t.shape)}")
         if t.shape[0] == 0 or t.shape[1] == 0:
             raise ValueError(f"AstraCT got an empty batch: {what} of shape {tuple(t.shape)} (B and C must be >= 1)")
-        if t.device.type != "meta" and not _is_functorch_wrapped(t) and not torch.isfinite(t).all():
+        if t.device.type != "meta" and not is_functorch_wrapped(t) and not torch.isfinite(t).all():
             raise ValueError(f"{what} contains NaN or Inf values")
 
     # ------------------------------------------------------------------ ASTRA geometry

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import warnings
 
 import torch
 from deepinv.physics import LinearPhysics, NoiseModel
+
+from ._utils import is_functorch_wrapped, refuse_if_too_large
 
 __all__ = ["NufftMRI"]
 
@@ -48,32 +49,6 @@ _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 #: float32 rounding of +-pi lies 8.7e-8 outside [-pi, pi]: tolerate that much (a float64 copy of a float32
 #: trajectory) and fold it back
 _PI_TOLERANCE = 4 * torch.finfo(torch.float32).eps * math.pi
-
-
-def _total_memory_bytes() -> int | None:
-    """Physical memory of the machine (``None`` when the OS does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _refuse_if_too_large(what: str, n_bytes: float, hint: str) -> None:
-    """Raise a ValueError naming the size in GiB when ``n_bytes`` exceeds the machine's memory."""
-    total = _total_memory_bytes()
-    if total is not None and n_bytes > total:
-        raise ValueError(
-            f"{what} needs about {n_bytes / 2**30:.1f} GiB, more than this machine's "
-            f"{total / 2**30:.1f} GiB of memory; {hint}"
-        )
-
-
-def _is_functorch_wrapped(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a torch.func (vmap/grad) wrapper, on which data-dependent checks cannot run."""
-    try:
-        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
-    except AttributeError:  # pragma: no cover (old torch)
-        return False
 
 
 class _NufftOp(torch.autograd.Function):
@@ -272,7 +247,7 @@ class NufftMRI(LinearPhysics):
         # one oversampled grid per coil and frame, plus the Toeplitz kernel (grid of 2^d x the image)
         grid = math.prod(self.grid_size) * complex_bytes * frames
         needed = grid * coils + grid * (2 ** len(self.im_size) if self.toeplitz else 0)
-        _refuse_if_too_large(
+        refuse_if_too_large(
             f"NufftMRI(img_size={self.im_size}, coils={coils}, frames={frames})",
             needed,
             "use a smaller img_size or fewer coils/frames",
@@ -444,7 +419,7 @@ class NufftMRI(LinearPhysics):
             raise ValueError(
                 f"coil_maps hold {maps.shape[0]} per-batch sets but the {kind} batch has {t.shape[0]} elements"
             )
-        if t.device.type != "meta" and not _is_functorch_wrapped(t) and not torch.isfinite(t).all():
+        if t.device.type != "meta" and not is_functorch_wrapped(t) and not torch.isfinite(t).all():
             raise ValueError(f"NufftMRI got a {kind} containing NaN or Inf values")
         return t
 
