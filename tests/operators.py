@@ -20,6 +20,9 @@ OPERATORS = [
     "ct-parallel",
     "ct-fanbeam",
     "ct-parallel3d-cpu",
+    # normalize=False: the unitary-DFT / physical-length scale the shipped weights were trained on
+    "nufft-2d-multicoil-raw",
+    "ct-fanbeam-raw",
 ]
 
 
@@ -27,12 +30,23 @@ def _randn(shape, rng, device):
     return torch.randn(shape, generator=rng).to(device)
 
 
-def make_operator(name, device="cpu", rng=None, batch=2):
-    """Return ``(physics, x)``: an operator ``name`` on ``device`` and a random image batch for it."""
-    rng = torch.Generator().manual_seed(0) if rng is None else rng
-    if name.startswith("nufft"):
-        from deepinv_mol.physics import NufftMRI, birdcage_maps, radial_trajectory
+def make_operator(name, device="cpu", rng=None, batch=2, dtype=None):
+    """Return ``(physics, x)``: an operator ``name`` on ``device`` and a random image batch for it.
 
+    Names ending in ``-raw`` build the operator with ``normalize=False`` (every other one has the
+    default ``normalize=True``). ``dtype=torch.float64`` builds a NufftMRI in double precision from the
+    start (AstraCT always computes in float32 and has no such option).
+    """
+    rng = torch.Generator().manual_seed(0) if rng is None else rng
+    normalize = not name.endswith("-raw")
+    name = name.removesuffix("-raw")
+    if name.startswith("nufft"):
+        from functools import partial
+
+        from deepinv_mol.physics import NufftMRI as _NufftMRI
+        from deepinv_mol.physics import birdcage_maps, radial_trajectory
+
+        NufftMRI = partial(_NufftMRI, normalize=normalize, **({} if dtype is None else {"dtype": dtype}))
         toeplitz = not name.endswith("-nufft")
         base = name.removesuffix("-nufft")
         if base in ("nufft-2d-single", "nufft-2d-multicoil"):
@@ -56,7 +70,11 @@ def make_operator(name, device="cpu", rng=None, batch=2):
             raise ValueError(f"unknown operator {name!r}")
         return physics, x
     if name.startswith("ct"):
-        from deepinv_mol.physics import AstraCT
+        from functools import partial
+
+        from deepinv_mol.physics import AstraCT as _AstraCT
+
+        AstraCT = partial(_AstraCT, normalize=normalize)
 
         angles = torch.linspace(0, math.pi, 30 + 1)[:-1]
         if name == "ct-parallel":

@@ -50,7 +50,7 @@ def _full_turn(n):
 def test_fbp_shepp_logan_256_360_views():
     """ASTRA FBP (Ram-Lak) of the 256x256 Shepp-Logan phantom, 360 views: measured 29.3 dB."""
     x = _shepp_logan(256)
-    physics = AstraCT((256, 256), _half_turn(360), backend="cpu")
+    physics = AstraCT((256, 256), _half_turn(360), backend="cpu", normalize=False)
     x_fbp = physics.A_dagger(physics.A(x), fbp=True)
     assert x_fbp.shape == x.shape
     assert _psnr(x_fbp, x) >= 28.0
@@ -60,21 +60,49 @@ def test_fbp_shepp_logan_256_360_views():
 def test_cg_beats_fbp_with_few_views():
     """30 views at 128x128: FBP streaks (measured 18.6 dB), CG least squares 20.5 dB."""
     x = _shepp_logan(128)
-    physics = AstraCT((128, 128), _half_turn(30), backend="cpu")
+    physics = AstraCT((128, 128), _half_turn(30), backend="cpu", normalize=False)
     y = physics.A(x)
     psnr_fbp = _psnr(physics.A_dagger(y, fbp=True), x)
     psnr_cg = _psnr(physics.A_dagger(y, max_iter=20, tol=1e-10), x)
     assert psnr_cg > psnr_fbp + 1.0, (psnr_cg, psnr_fbp)
 
 
+def _disc_phantom(n):
+    a = torch.arange(n) - (n - 1) / 2
+    yy, xx = torch.meshgrid(a, a, indexing="ij")
+    disc = ((xx**2 + yy**2).sqrt() < 0.4 * n).float()
+    blob = (((xx - n / 8) ** 2 + (yy + n / 10) ** 2).sqrt() < n / 8).float()
+    return (disc + 0.5 * blob)[None, None]
+
+
+@pytest.mark.parametrize("n, views", [(16, 16), (16, 32), (16, 128), (64, 16), (64, 64), (64, 128)])
+def test_fanbeam_fbp_error_close_to_parallel(n, views):
+    """Direct fan-beam FBP (no rebinning across views) stays near parallel-beam FBP at every view count.
+
+    Measured (relative error, disc phantom; parallel vs fan): 16^2: 0.115/0.184 at 16 views (rebinning
+    gave 0.250), 0.118/0.166 at 32, 0.117/0.173 at 128; 64^2: 0.165/0.212 at 16, 0.087/0.085 at 64,
+    0.083/0.067 at 128.
+    """
+    x = _disc_phantom(n)
+    par = AstraCT((n, n), _half_turn(views), backend="cpu", normalize=False)
+    fan = AstraCT((n, n), _full_turn(views), geometry="fanbeam", backend="cpu", normalize=False)
+    err_par = _rel(par.fbp(par.A(x)), x)
+    err_fan = _rel(fan.fbp(fan.A(x)), x)
+    assert err_fan < 1.7 * err_par
+    assert err_fan < 0.22
+    # the fan-beam scale is right (least-squares gain of the reconstruction within 4 %)
+    r = fan.fbp(fan.A(x))
+    assert abs((r * x).sum().item() / (r * r).sum().item() - 1) < 0.04
+
+
 def test_fanbeam_fbp_cpu_by_rebinning():
-    """Fan-beam FBP on CPU (rebinned to parallel beam) at 128x128, 180 views: measured 23.8 dB."""
+    """Fan-beam FBP on CPU (direct weighted FBP) at 128x128, 180 views (rebinning measured 23.8 dB)."""
     x = _shepp_logan(128)
-    physics = AstraCT((128, 128), _full_turn(180), geometry="fanbeam", backend="cpu")
+    physics = AstraCT((128, 128), _full_turn(180), geometry="fanbeam", backend="cpu", normalize=False)
     x_fbp = physics.A_dagger(physics.A(x), fbp=True)
     assert _psnr(x_fbp, x) >= 22.0
     assert abs(x_fbp.mean().item() / x.mean().item() - 1) < 1e-2
-    half = AstraCT((128, 128), _half_turn(90), geometry="fanbeam", backend="cpu")
+    half = AstraCT((128, 128), _half_turn(90), geometry="fanbeam", backend="cpu", normalize=False)
     with pytest.raises(ValueError, match="full"):
         half.fbp(half.A(x))
 
@@ -83,7 +111,7 @@ def test_ramp_backprojection_equals_astra_fbp():
     """The ramp filter + back projection used for 3D parallel FBP on the GPU is ASTRA's FBP."""
     x = _shepp_logan(48)
     for pixel_size, spacing in ((1.0, 1.0), (0.5, 0.7)):
-        physics = AstraCT((48, 48), _half_turn(60), backend="cpu", pixel_size=pixel_size, detector_spacing=spacing)
+        physics = AstraCT((48, 48), _half_turn(60), backend="cpu", pixel_size=pixel_size, detector_spacing=spacing, normalize=False)
         y = physics.A(x)
         ours = ct_module._ramp_backprojection(physics._engine(), y[:, 0].numpy(), spacing, pixel_size)
         assert _rel(torch.from_numpy(ours)[:, None], physics.fbp(y)) < 1e-4
@@ -107,7 +135,7 @@ def test_consistent_with_deepinv_tomography(n):
     tomo = Tomography(theta * 180 / math.pi, n, normalize=False, adjoint_via_backprop=True)
     x = _shepp_logan(n) + 0.1
     y_tomo = tomo.A(x).transpose(-1, -2)
-    physics = AstraCT((n, n), theta, n_detectors=y_tomo.shape[-1], backend="cpu")
+    physics = AstraCT((n, n), theta, n_detectors=y_tomo.shape[-1], backend="cpu", normalize=False)
     y = physics.A(x)
     scale = ((y * y_tomo).sum() / (y * y).sum()).item()
     assert abs(scale - 1) < 1e-3
@@ -122,23 +150,23 @@ def test_conventions_angle_zero_is_column_sums_and_units():
     (row 0 on top); sinograms scale with pixel_size (physical line integrals)."""
     x = torch.zeros(1, 1, 9, 9)
     x[0, 0, 1, 7] = 1.0  # top right: x = +3, y = +3 pixels
-    physics = AstraCT((9, 9), torch.tensor([0.0, math.pi / 2]), n_detectors=9, backend="cpu")
+    physics = AstraCT((9, 9), torch.tensor([0.0, math.pi / 2]), n_detectors=9, backend="cpu", normalize=False)
     y = physics.A(x)[0, 0]
     assert y.argmax(-1).tolist() == [7, 7]
     assert torch.allclose(y.sum(-1), torch.ones(2), atol=1e-5)
-    big = AstraCT((9, 9), torch.tensor([0.0, math.pi / 2]), n_detectors=9, backend="cpu", pixel_size=2.0)
+    big = AstraCT((9, 9), torch.tensor([0.0, math.pi / 2]), n_detectors=9, backend="cpu", pixel_size=2.0, normalize=False)
     assert torch.allclose(big.A(x), 2 * physics.A(x), atol=1e-5)
     # fbp is in image units whatever the pixel size
     xs = _shepp_logan(64)
     for ps in (1.0, 0.25):
-        p = AstraCT((64, 64), _half_turn(90), backend="cpu", pixel_size=ps)
+        p = AstraCT((64, 64), _half_turn(90), backend="cpu", pixel_size=ps, normalize=False)
         assert abs(p.fbp(p.A(xs)).mean().item() / xs.mean().item() - 1) < 1e-2
 
 
 def test_default_detector_covers_the_image():
     """Default detectors see every pixel at every angle (parallel and fan)."""
     for geometry, angles in (("parallel", _half_turn(45)), ("fanbeam", _full_turn(45))):
-        physics = AstraCT((40, 30), angles, geometry=geometry, backend="cpu")
+        physics = AstraCT((40, 30), angles, geometry=geometry, backend="cpu", normalize=False)
         x = torch.ones(1, 1, 40, 30)
         # total mass is conserved by parallel projections when nothing falls off the detector
         y = physics.A(x)
@@ -147,7 +175,7 @@ def test_default_detector_covers_the_image():
         corners = torch.zeros(1, 1, 40, 30)
         corners[..., 0, 0] = corners[..., -1, -1] = corners[..., 0, -1] = corners[..., -1, 0] = 1
         # a detector three times wider sees nothing more of the corners
-        wide = AstraCT((40, 30), angles, geometry=geometry, backend="cpu", n_detectors=3 * physics.n_detectors)
+        wide = AstraCT((40, 30), angles, geometry=geometry, backend="cpu", n_detectors=3 * physics.n_detectors, normalize=False)
         assert (physics.A(corners).sum(-1) > 0.5).all()
         assert torch.allclose(physics.A(corners).sum(-1), wide.A(corners).sum(-1), rtol=1e-4)
 
@@ -156,8 +184,8 @@ def test_parallel3d_cpu_is_slice_by_slice():
     """3D parallel beam on CPU: detector row d is the 2D sinogram of slice d; the adjoint likewise."""
     rng = torch.Generator().manual_seed(0)
     angles = _half_turn(20)
-    vol = AstraCT((4, 21, 17), angles, backend="cpu")
-    flat = AstraCT((21, 17), angles, backend="cpu")
+    vol = AstraCT((4, 21, 17), angles, backend="cpu", normalize=False)
+    flat = AstraCT((21, 17), angles, backend="cpu", normalize=False)
     x = torch.randn(2, 1, 4, 21, 17, generator=rng)
     y = vol.A(x)
     assert y.shape == (2, 1, 4, 20, vol.n_detectors) == (2, 1) + vol.measurement_shape
@@ -170,7 +198,7 @@ def test_parallel3d_cpu_is_slice_by_slice():
 def test_channels_independent_and_dtype_kept():
     """C channels are independent images; float64 in -> float64 out (ASTRA computes in float32)."""
     rng = torch.Generator().manual_seed(1)
-    physics = AstraCT((15, 15), _half_turn(12), backend="cpu")
+    physics = AstraCT((15, 15), _half_turn(12), backend="cpu", normalize=False)
     x = torch.randn(2, 3, 15, 15, generator=rng, dtype=torch.float64)
     y = physics.A(x)
     assert y.dtype == torch.float64 and y.shape == (2, 3, 12, physics.n_detectors)
@@ -182,8 +210,8 @@ def test_threaded_batch_equals_serial():
     """Large enough projections run the batch on threads (ASTRA releases the GIL): same result."""
     rng = torch.Generator().manual_seed(8)
     x = torch.randn(3, 1, 64, 64, generator=rng)
-    threaded = AstraCT((64, 64), _half_turn(60), backend="cpu", n_threads=3)
-    serial = AstraCT((64, 64), _half_turn(60), backend="cpu", n_threads=1)
+    threaded = AstraCT((64, 64), _half_turn(60), backend="cpu", n_threads=3, normalize=False)
+    serial = AstraCT((64, 64), _half_turn(60), backend="cpu", n_threads=1, normalize=False)
     y = threaded.A(x)
     assert torch.equal(y, serial.A(x))
     assert torch.equal(threaded.A_adjoint(y), serial.A_adjoint(y))
@@ -192,7 +220,7 @@ def test_threaded_batch_equals_serial():
 def test_autograd_of_adjoint_is_forward():
     """backward of A_adjoint is A: grad_y <A^T y, x> = A x; double backward works."""
     rng = torch.Generator().manual_seed(2)
-    physics = AstraCT((17, 19), _half_turn(10), backend="cpu")
+    physics = AstraCT((17, 19), _half_turn(10), backend="cpu", normalize=False)
     x = torch.randn(1, 1, 17, 19, generator=rng)
     y = torch.randn((1, 1) + physics.measurement_shape, generator=rng, requires_grad=True)
     (g,) = torch.autograd.grad((physics.A_adjoint(y) * x).sum(), y)
@@ -207,8 +235,8 @@ def test_state_dict_new_angles_rebuild_geometry():
     """Loading other angles into the buffer changes the operator (ASTRA geometry follows buffers)."""
     rng = torch.Generator().manual_seed(3)
     x = torch.randn(1, 1, 16, 16, generator=rng)
-    a = AstraCT((16, 16), _half_turn(10), n_detectors=24, backend="cpu")
-    b = AstraCT((16, 16), _half_turn(10) + 0.3, n_detectors=24, backend="cpu")
+    a = AstraCT((16, 16), _half_turn(10), n_detectors=24, backend="cpu", normalize=False)
+    b = AstraCT((16, 16), _half_turn(10) + 0.3, n_detectors=24, backend="cpu", normalize=False)
     y_a = a.A(x)
     assert _rel(b.A(x), y_a) > 1e-2
     b.load_state_dict(a.state_dict())
@@ -223,8 +251,8 @@ def test_update_parameters_angles():
     """physics(x, angles=...) swaps the angle set (validated); the sinogram follows it."""
     rng = torch.Generator().manual_seed(7)
     x = torch.randn(1, 1, 16, 16, generator=rng)
-    physics = AstraCT((16, 16), _half_turn(10), n_detectors=24, backend="cpu")
-    other = AstraCT((16, 16), _half_turn(7), n_detectors=24, backend="cpu")
+    physics = AstraCT((16, 16), _half_turn(10), n_detectors=24, backend="cpu", normalize=False)
+    other = AstraCT((16, 16), _half_turn(7), n_detectors=24, backend="cpu", normalize=False)
     y = physics(x, angles=_half_turn(7))
     assert y.shape[-2] == 7 and _rel(y, other.A(x)) < 1e-6
     assert physics.measurement_shape == (7, 24)
@@ -260,8 +288,8 @@ def test_cuda_without_gpu_raises_in_subprocess():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_no_gpu_choices():
     """auto falls back to CPU; cone on CPU is a ValueError, cone/cuda without GPU a RuntimeError."""
-    assert AstraCT((8, 8), _half_turn(4)).backend == "cpu"
-    assert AstraCT((3, 8, 8), _half_turn(4)).backend == "cpu"
+    assert AstraCT((8, 8), _half_turn(4), normalize=False).backend == "cpu"
+    assert AstraCT((3, 8, 8), _half_turn(4), normalize=False).backend == "cpu"
     with pytest.raises(RuntimeError, match="GPU"):
         AstraCT((8, 8), _half_turn(4), backend="cuda")
     with pytest.raises(ValueError, match="cone"):
@@ -305,7 +333,7 @@ def test_bad_construction(kwargs, error, match):
 
 
 def test_bad_inputs_to_operators():
-    physics = AstraCT((8, 10), _half_turn(6), backend="cpu")
+    physics = AstraCT((8, 10), _half_turn(6), backend="cpu", normalize=False)
     good_y = torch.zeros((1, 1) + physics.measurement_shape)
     with pytest.raises(ValueError, match=r"\(B, C, 8, 10\)"):
         physics.A(torch.zeros(1, 1, 10, 8))
@@ -448,12 +476,12 @@ def test_cuda_2d_path(fake_cuda, geometry, angles):
     FP_CUDA/BP_CUDA/FBP_CUDA, and (with CPU stand-ins) reproduces the CPU operator."""
     rng = torch.Generator().manual_seed(4)
     x = torch.randn(2, 1, 21, 23, generator=rng)
-    cpu = AstraCT((21, 23), angles, geometry=geometry, backend="cpu")
+    cpu = AstraCT((21, 23), angles, geometry=geometry, backend="cpu", normalize=False)
     y_cpu = cpu.A(x)
     xt_cpu = cpu.A_adjoint(y_cpu)
     fbp_cpu = cpu.fbp(y_cpu) if geometry == "parallel" else None
     fake_cuda.calls.clear()
-    gpu = AstraCT((21, 23), angles, geometry=geometry)
+    gpu = AstraCT((21, 23), angles, geometry=geometry, normalize=False)
     assert gpu.backend == "cuda" and gpu.projector == "cuda"
     y = gpu.A(x)
     assert _rel(y, y_cpu) < 1e-6
@@ -471,8 +499,8 @@ def test_cuda_3d_parallel_path(fake_cuda):
     the slice-by-slice stand-in, equals the CPU slice-by-slice operator; FBP = ramp + BP3D."""
     rng = torch.Generator().manual_seed(5)
     angles = _half_turn(18)
-    gpu = AstraCT((3, 19, 17), angles, backend="cuda", pixel_size=0.5)
-    cpu = AstraCT((3, 19, 17), angles, backend="cpu", pixel_size=0.5)
+    gpu = AstraCT((3, 19, 17), angles, backend="cuda", pixel_size=0.5, normalize=False)
+    cpu = AstraCT((3, 19, 17), angles, backend="cpu", pixel_size=0.5, normalize=False)
     assert gpu.measurement_shape == cpu.measurement_shape
     x = torch.randn(2, 1, 3, 19, 17, generator=rng)
     y = gpu.A(x)
@@ -487,7 +515,7 @@ def test_cuda_cone_path(fake_cuda):
     """Cone beam: ASTRA 'cone' geometry with the physical distances, layout (B, C, V, A, N),
     direct_FP3D/BP3D, FDK_CUDA for A_dagger(fbp=True); and no CUDA call once the GPU is gone."""
     angles = _full_turn(16)
-    physics = AstraCT((6, 20, 22), angles, geometry="cone", pixel_size=0.5, source_origin=40.0, origin_detector=20.0)
+    physics = AstraCT((6, 20, 22), angles, geometry="cone", pixel_size=0.5, source_origin=40.0, origin_detector=20.0, normalize=False)
     rows, cols = physics.n_detectors
     assert physics.measurement_shape == (rows, 16, cols)
     assert physics.detector_spacing == (0.75, 0.75)  # magnification 1.5 x pixel size
@@ -517,10 +545,10 @@ def test_real_gpu_adjoint_mismatch_and_cpu_agreement():
         pytest.skip("no usable GPU")
     rng = torch.Generator().manual_seed(6)
     x = torch.randn(1, 1, 64, 64, generator=rng)
-    gpu = AstraCT((64, 64), _half_turn(90), backend="cuda")
-    cpu = AstraCT((64, 64), _half_turn(90), backend="cpu")
+    gpu = AstraCT((64, 64), _half_turn(90), backend="cuda", normalize=False)
+    cpu = AstraCT((64, 64), _half_turn(90), backend="cpu", normalize=False)
     assert gpu.adjointness_test(x.cuda()) < 5e-2
     assert _rel(gpu.A(x.cuda()).cpu(), cpu.A(x)) < 5e-2
     vol = torch.randn(1, 1, 4, 32, 32, generator=rng)
-    g3, c3 = AstraCT((4, 32, 32), _half_turn(45), backend="cuda"), AstraCT((4, 32, 32), _half_turn(45), backend="cpu")
+    g3, c3 = AstraCT((4, 32, 32), _half_turn(45), backend="cuda", normalize=False), AstraCT((4, 32, 32), _half_turn(45), backend="cpu", normalize=False)
     assert _rel(g3.A(vol.cuda()).cpu(), c3.A(vol)) < 5e-2

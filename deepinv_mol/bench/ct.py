@@ -69,7 +69,7 @@ def bench_ct_vs_tomography(
     x = _shepp_logan_batch(img_size, batch)
     theta = torch.linspace(0, math.pi, n_views + 1)[:-1]
     n_det = math.ceil(math.sqrt(2) * img_size)
-    operators = {"AstraCT (cpu)": AstraCT((img_size, img_size), theta, n_detectors=n_det, backend="cpu")}
+    operators = {"AstraCT (cpu)": AstraCT((img_size, img_size), theta, n_detectors=n_det, backend="cpu", normalize=False)}
     operators["Tomography (exact adjoint)"] = Tomography(
         theta * 180 / math.pi, img_size, normalize=False, adjoint_via_backprop=True
     )
@@ -129,7 +129,7 @@ def tomography_consistency(img_size: int = 255, n_views: int = 180, projector: s
     tomo = Tomography(theta * 180 / math.pi, img_size, normalize=False, adjoint_via_backprop=True)
     x = _shepp_logan_batch(img_size, 1)
     y_tomo = tomo.A(x).transpose(-1, -2)
-    physics = AstraCT((img_size, img_size), theta, n_detectors=y_tomo.shape[-1], backend="cpu", projector=projector)
+    physics = AstraCT((img_size, img_size), theta, n_detectors=y_tomo.shape[-1], backend="cpu", projector=projector, normalize=False)
     y = physics.A(x)
     scale = ((y * y_tomo).sum() / (y * y).sum()).item()
     diff = ((scale * y - y_tomo).norm() / y_tomo.norm()).item()

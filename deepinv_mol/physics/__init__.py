@@ -4,6 +4,7 @@ r"""Physics operators (``deepinv.physics.LinearPhysics``) that deepinv lacks on 
 * :class:`AstraCT` -- CT on ASTRA: 2D parallel/fan beam on CPU and GPU, 3D on GPU (3D parallel also on CPU).
 * trajectories (:func:`radial_trajectory`, :func:`spiral_trajectory`, :func:`spokes_for_acceleration`)
   and coil maps (:func:`birdcage_maps`, :func:`estimate_coil_maps`).
+* :class:`RelativeGaussianNoise` -- Gaussian noise at a fixed measurement SNR (per batch item).
 
 Names are resolved lazily so ``import deepinv_mol.physics`` does not import torchkbnufft or ASTRA.
 """
@@ -18,6 +19,7 @@ _NAMES = {
     "birdcage_maps": ".coils",
     "estimate_coil_maps": ".coils",
     "AstraCT": ".ct",
+    "RelativeGaussianNoise": ".noise",
 }
 
 __getattr__, __dir__, __all__ = lazy_names(__name__, _NAMES)

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING, Sequence
+
 import torch
+
+__all__ = ["birdcage_maps", "estimate_coil_maps"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .mri import NufftMRI
 
 
 def _spatial_size(img_size) -> tuple[int, ...]:
@@ -23,11 +30,11 @@ def _spatial_size(img_size) -> tuple[int, ...]:
 
 def birdcage_maps(
     n_coils: int,
-    img_size,
+    img_size: Sequence[int],
     radius: float = 1.5,
     coils_per_ring: int = 8,
     dtype: torch.dtype = torch.complex64,
-    device="cpu",
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     r"""Simulated birdcage coil sensitivities, normalised to unit root-sum-of-squares.
 
@@ -108,8 +115,8 @@ def _calibration_window(trajectory: torch.Tensor, im_size, calibration_size: flo
 
 def estimate_coil_maps(
     y: torch.Tensor,
-    physics_or_trajectory,
-    img_size=None,
+    physics_or_trajectory: "NufftMRI | torch.Tensor",
+    img_size: Sequence[int] | None = None,
     calibration_size: float = 24,
     threshold: float = 0.0,
     eps: float = 1e-3,

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import copy
 import math
-import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import torch
-from deepinv.physics import LinearPhysics
+from deepinv.physics import LinearPhysics, NoiseModel
+
+from ._utils import is_functorch_wrapped, refuse_if_too_large
 
 __all__ = ["AstraCT"]
 
@@ -289,16 +291,33 @@ class _Engine3D:
 
 
 class _Project(torch.autograd.Function):
-    r"""Forward or back projection; the backward of one is the other (the matched adjoint)."""
+    r"""Forward or back projection, a new-style autograd Function (``torch.func`` ready): the backward
+    of one is the other (the matched adjoint), the forward-mode derivative of a linear map is the map,
+    and ``vmap`` folds the mapped dimension into the batch."""
 
     @staticmethod
-    def forward(ctx, x, physics, adjoint):
-        ctx.physics, ctx.adjoint = physics, adjoint
-        return physics._run_astra(x, "adjoint" if adjoint else "forward")
+    def forward(x, physics, adjoint):
+        return physics._project(x, adjoint)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.physics, ctx.adjoint = inputs[1], inputs[2]
 
     @staticmethod
     def backward(ctx, grad):
         return _Project.apply(grad, ctx.physics, not ctx.adjoint), None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _physics, _adjoint):
+        return _Project.apply(tangent, ctx.physics, ctx.adjoint)
+
+    @staticmethod
+    def vmap(info, in_dims, x, physics, adjoint):
+        if in_dims[0] is None:
+            return _Project.apply(x, physics, adjoint), None
+        x = x.movedim(in_dims[0], 0)
+        out = _Project.apply(x.reshape((-1,) + x.shape[2:]), physics, adjoint)
+        return out.reshape(x.shape[:2] + out.shape[1:]), 0
 
 
 class AstraCT(LinearPhysics):
@@ -352,13 +371,25 @@ class AstraCT(LinearPhysics):
         ``torch.get_num_threads()``.
     :param deepinv.physics.NoiseModel noise_model: measurement noise (default none).
     :param str | torch.device device: device of the buffers.
+    :param bool normalize: divide :meth:`A` and :meth:`A_adjoint` by the operator norm :math:`\|A\|`
+        (deepinv's convention, as :class:`deepinv.physics.Tomography`), so that :math:`\|A\| = 1` and
+        :math:`A^\top y` is on the image's scale. The norm is computed once by power iteration (and
+        again when the angles change) and kept in the buffer ``operator_norm`` (1 when ``normalize=False``,
+        which keeps the line integrals in physical length units described above). :meth:`fbp` undoes
+        the normalisation: it always returns the image in the units of ``x``.
+    :param kwargs: passed to :class:`deepinv.physics.LinearPhysics` (``max_iter``, ``tol``, ``solver``).
+
+    Likely mistakes are flagged with a :class:`UserWarning`: angles larger than :math:`2\pi`
+    (degrees given for radians) and detectors of 1 to 3 cells. A and its adjoint are new-style
+    ``torch.autograd.Function``\ s, so ``torch.func.grad``/``vjp``/``jvp``/``vmap`` and
+    :func:`deepinv.physics.forward.adjoint_function` work through them.
 
     :Examples:
 
         >>> import math, torch
         >>> from deepinv_mol.physics import AstraCT
         >>> angles = torch.linspace(0, math.pi, 61)[:-1]
-        >>> physics = AstraCT((32, 32), angles, backend="cpu")
+        >>> physics = AstraCT((32, 32), angles, backend="cpu", normalize=False)
         >>> x = torch.zeros(1, 1, 32, 32); x[..., 8:24, 8:24] = 1.0
         >>> y = physics(x)
         >>> y.shape
@@ -367,12 +398,15 @@ class AstraCT(LinearPhysics):
         256
         >>> physics.adjointness_test(x) < 1e-3
         tensor(True)
+        >>> unit = AstraCT((32, 32), angles, backend="cpu")  # normalize=True: ||A|| = 1
+        >>> round(unit.compute_norm(x, tol=1e-6, verbose=False).item(), 2)
+        1.0
     """
 
     def __init__(
         self,
         img_size: Sequence[int],
-        angles,
+        angles: torch.Tensor | np.ndarray | Sequence[float],
         geometry: str = "parallel",
         n_detectors: int | Sequence[int] | None = None,
         backend: str = "auto",
@@ -382,10 +416,13 @@ class AstraCT(LinearPhysics):
         origin_detector: float | None = None,
         projector: str | None = None,
         n_threads: int | None = None,
-        noise_model=None,
+        noise_model: NoiseModel | None = None,
         device: torch.device | str = "cpu",
+        normalize: bool = True,
         **kwargs,
-    ):
+    ) -> None:
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
         try:
             import astra  # noqa: F401  (lazy: heavy optional dependency)
         except ImportError as e:
@@ -422,6 +459,7 @@ class AstraCT(LinearPhysics):
 
         # ---- angles
         angles = self._check_angles(angles)
+        self._warn_angles(angles)
 
         # ---- physical sizes
         pixel_size = _positive("pixel_size", pixel_size)
@@ -485,6 +523,23 @@ class AstraCT(LinearPhysics):
                 raise ValueError(f"n_detectors must be a positive int, got {n_detectors!r}")
             n_detectors = int(n_detectors)
 
+        cols = n_detectors[1] if isinstance(n_detectors, tuple) else n_detectors
+        if cols < 4:
+            warnings.warn(
+                f"AstraCT with {cols} detector cell(s): the sinogram will be truncated to almost nothing "
+                f"(the default for img_size={img_size} is {default_cols}); pass n_detectors=None for it",
+                UserWarning,
+                stacklevel=2,
+            )
+        # ---- memory, before ASTRA allocates anything
+        rows = n_detectors[0] if isinstance(n_detectors, tuple) else (img_size[0] if ndim == 3 else 1)
+        needed = 4 * (math.prod(img_size) + rows * cols * angles.shape[0])  # one float32 image + sinogram
+        refuse_if_too_large(
+            f"AstraCT(img_size={img_size}, {angles.shape[0]} angles, {cols} detectors) (one image and its sinogram)",
+            needed,
+            "use a smaller img_size or fewer angles",
+        )
+
         # ---- projector
         if use_cuda:
             if projector not in (None, "cuda"):
@@ -509,7 +564,61 @@ class AstraCT(LinearPhysics):
         # float64 so that the geometry handed to ASTRA is exactly what the user gave
         self.register_buffer("angles", angles)
         self._engine_cache = None
+        self.normalize = normalize
+        self.register_buffer("operator_norm", torch.ones((), dtype=torch.float64))
+        self._update_norm()
         self.to(device)
+
+    def _apply(self, fn, recurse=True):
+        # angles and operator_norm stay float64 whatever .to(dtype) asks: the geometry handed to ASTRA
+        # and the scale are exact; ASTRA computes in float32 and outputs follow the input's dtype
+        keep = {k: self._buffers.get(k) for k in ("angles", "operator_norm")}
+        super()._apply(fn, recurse)
+        for name, value in keep.items():
+            if value is not None:
+                self._buffers[name] = value.to(device=self._buffers[name].device, dtype=torch.float64)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "operator_norm" not in state_dict:  # a state_dict from before normalisation
+            state_dict[prefix + "operator_norm"] = self.operator_norm.clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _update_norm(self) -> None:
+        r"""``operator_norm`` := :math:`\|A\|` of the unnormalised operator by power iteration (when
+        ``normalize``), from a fixed random image; 1 when ``normalize=False``."""
+        self.operator_norm = torch.ones((), dtype=torch.float64, device=self.angles.device)
+        if not self.normalize or self.angles.device.type == "meta":
+            return
+        x = torch.randn((1, 1) + self.image_shape, generator=torch.Generator().manual_seed(0))
+        lam = None
+        with torch.no_grad():
+            for _ in range(100):
+                x = x / x.norm()
+                z = self._run_astra(self._run_astra(x, "forward"), "adjoint")
+                new = float((x * z).sum())
+                x = z
+                if lam is not None and abs(new - lam) <= 1e-6 * abs(new):
+                    lam = new
+                    break
+                lam = new
+        if not lam > 0:
+            raise ValueError("AstraCT: the projector is zero for this geometry (no ray meets the image)")
+        self.operator_norm = torch.tensor(math.sqrt(lam), dtype=torch.float64, device=self.angles.device)
+
+    def _project(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        out = self._run_astra(t, "adjoint" if adjoint else "forward")
+        return out / self.operator_norm.item() if self.normalize else out
+
+    @staticmethod
+    def _warn_angles(angles: torch.Tensor) -> None:
+        if angles.abs().max().item() > 2 * math.pi + 1e-6:
+            warnings.warn(
+                f"AstraCT angles reach {angles.abs().max().item():.4g}, beyond 2*pi: angles are in radians "
+                "(convert degrees with torch.deg2rad)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -528,14 +637,18 @@ class AstraCT(LinearPhysics):
             raise ValueError("angles must be finite")
         return t
 
-    def update_parameters(self, angles=None, **kwargs):
+    def update_parameters(self, angles: torch.Tensor | Sequence[float] | None = None, **kwargs) -> None:
         r"""Change the projection angles (e.g. per batch, ``physics(x, angles=...)``); the ASTRA
         geometry is rebuilt on the next call.
 
         :param torch.Tensor angles: new 1D angles in radians (validated like the constructor's).
         """
         if angles is not None:
-            self.angles = self._check_angles(angles).to(self.angles.device)
+            angles = self._check_angles(angles)
+            self._warn_angles(angles)
+            self.angles = angles.to(self.angles.device)
+            if self.normalize:
+                self._update_norm()
         super().update_parameters(**kwargs)
 
     def extra_repr(self) -> str:
@@ -564,7 +677,9 @@ class AstraCT(LinearPhysics):
             raise TypeError(f"{what} must be a floating-point tensor, got {t.dtype}")
         if t.ndim != len(expected) + 2 or tuple(t.shape[2:]) != expected:
             raise ValueError(f"{what} must have shape (B, C, {', '.join(map(str, expected))}), got {tuple(t.shape)}")
-        if t.device.type != "meta" and not torch.isfinite(t).all():
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"AstraCT got an empty batch: {what} of shape {tuple(t.shape)} (B and C must be >= 1)")
+        if t.device.type != "meta" and not is_functorch_wrapped(t) and not torch.isfinite(t).all():
             raise ValueError(f"{what} contains NaN or Inf values")
 
     # ------------------------------------------------------------------ ASTRA geometry
@@ -662,50 +777,65 @@ class AstraCT(LinearPhysics):
         return self._fanbeam_fbp_cpu(y)
 
     def _fanbeam_fbp_cpu(self, y: np.ndarray) -> np.ndarray:
-        r"""Fan-beam FBP on CPU: rebin to parallel beam, then ASTRA's parallel ``FBP``.
+        r"""Fan-beam FBP on CPU: direct weighted filtered back projection (flat detector).
 
-        ASTRA's CPU ``FBP`` supports parallel beam only. A fan ray at source angle :math:`\beta` and
-        flat-detector coordinate :math:`u` is the parallel ray :math:`\theta = \beta - \gamma`,
-        :math:`s = R_s \sin\gamma` with :math:`\gamma = \arctan(u / (R_s + R_d))`; we interpolate
-        (bilinear) the fan sinogram at those points. Needs equally spaced angles over a full turn.
+        ASTRA's CPU ``FBP`` supports parallel beam only. With :math:`R` the source-to-axis distance,
+        :math:`s'` the detector coordinate scaled to the axis (spacing :math:`\Delta' = \Delta R / (R +
+        R_d)`) and :math:`U = ((P - S)\cdot c) / R` the depth of pixel :math:`P` along the central ray
+        :math:`c` of the source :math:`S` (Kak & Slaney, section 3.4.2):
+
+        .. math:: x(P) \approx \sum_k \Delta\beta_k\, \frac{1}{U^2}\, Q_k(s'(P)),\qquad
+                  Q_k = \tfrac12\, \Delta' \Big(h * \big(y_k \cdot \tfrac{R}{\sqrt{R^2 + s'^2}}\big)\Big),
+
+        with :math:`h` the Ram-Lak kernel and :math:`Q_k(s'(P))` interpolated linearly where the ray
+        through :math:`P` meets the detector (ASTRA's own source/detector vectors, so the geometry is
+        the forward operator's). Needs equally spaced angles over a full turn.
+
+        An earlier version rebinned to parallel beam, interpolating *across views*: with few views
+        (16 to 32 over :math:`2\pi`, 22 to 11 degrees apart) that interpolation dominated the error
+        (0.25 against 0.12 for parallel beam on a 16x16 disc phantom at 16 views); weighting per view
+        keeps fan beam within the parallel-beam error at every view count (tests/test_ct.py).
         """
         import astra
-        from scipy.ndimage import map_coordinates
 
+        if y.shape[0] == 0:
+            raise ValueError("AstraCT.fbp got an empty batch (no sinogram)")
         beta = self.angles.detach().cpu().numpy()
         n = beta.shape[0]
         step = 2 * math.pi / n
         if n < 2 or not np.allclose(np.diff(beta), step, rtol=0, atol=1e-4 * step):
             raise ValueError(
-                "fan-beam FBP on CPU rebins to parallel beam and needs equally spaced angles over a full "
-                "turn (2*pi); use A_dagger(y, fbp=False) (CG) for other angle sets"
+                "fan-beam FBP on CPU needs equally spaced angles over a full turn (2*pi); "
+                "use A_dagger(y, fbp=False) (CG) for other angle sets"
             )
         so, od, du = self.source_origin, self.origin_detector, self.detector_spacing
         nd = self.n_detectors
-        # parallel detector at the axis: pixel_size spacing, wide enough for the whole fan
-        u_max = (nd - 1) / 2 * du
-        s_max = so * math.sin(math.atan(u_max / (so + od)))
-        n_par = 2 * int(math.floor(s_max / self.pixel_size)) + 1
-        s = (np.arange(n_par) - (n_par - 1) / 2) * self.pixel_size
-        gamma = np.arcsin(np.clip(s / so, -1, 1))
-        theta = beta.copy()
-        angle_index = np.mod(theta[:, None] + gamma[None, :] - beta[0], 2 * math.pi) / step
-        det_index = ((so + od) * np.tan(gamma) / du + (nd - 1) / 2)[None, :].repeat(n, 0)
-        coords = [angle_index.ravel(), det_index.ravel()]
-        par_geom = astra.create_proj_geom("parallel", self.pixel_size, n_par, theta)
-        vol, _ = self._astra_geometries()
-        par = _Engine2D(vol, par_geom, "linear", n_threads=self.n_threads)
-        try:
-            sino = np.stack(
-                [
-                    map_coordinates(np.concatenate([yi, yi[:1]], 0), coords, order=1, mode="constant").reshape(n, n_par)
-                    for yi in y
-                ]
-            ).astype(np.float32)
-            # ASTRA's FBP normalises for the angle set (checked: a full turn gives the right scale)
-            return par.fbp(sino)
-        finally:
-            par.close()
+        _, proj = self._astra_geometries()
+        vectors = astra.geom_2vec(proj)["Vectors"]  # (n, 6): source, detector centre, detector u step
+        h, w = self.image_shape
+        ps = self.pixel_size
+        px = (np.arange(w) - (w - 1) / 2) * ps
+        py = ((h - 1) / 2 - np.arange(h)) * ps  # row 0 at the top (+y)
+        gx, gy = np.meshgrid(px, py)  # (h, w)
+        # pre-weighting and ramp filtering of every view (virtual detector at the axis)
+        scale = so / (so + od)
+        s_virtual = (np.arange(nd) - (nd - 1) / 2) * du * scale
+        weighted = y.astype(np.float64) * (so / np.sqrt(so**2 + s_virtual**2))
+        filtered = 0.5 * _ramp_filter(weighted, du * scale).astype(np.float64)  # (b, n, nd)
+        out = np.zeros((y.shape[0], h, w))
+        det_axis = np.arange(nd, dtype=np.float64)
+        for k in range(n):
+            sx, sy, dx, dy, ux, uy = vectors[k]
+            vx, vy = gx - sx, gy - sy  # source -> pixel
+            cx, cy = dx - sx, dy - sy
+            # detector coordinate t (in cells) where the ray meets the detector line D + t u
+            t = ((dx - sx) * vy - (dy - sy) * vx) / (vx * uy - vy * ux)
+            index = t + (nd - 1) / 2
+            depth = (vx * cx + vy * cy) / math.hypot(cx, cy)  # U * R
+            weight = step * (so / depth) ** 2
+            for b in range(y.shape[0]):
+                out[b] += weight * np.interp(index, det_axis, filtered[b, k], left=0.0, right=0.0)
+        return out.astype(np.float32)
 
     # ------------------------------------------------------------------ deepinv interface
     def A(self, x: torch.Tensor, angles=None, **kwargs) -> torch.Tensor:
@@ -744,7 +874,8 @@ class AstraCT(LinearPhysics):
         """
         self._check(y, self.measurement_shape, "y")
         with torch.no_grad():
-            return self._run_astra(y, "fbp")
+            # undo the normalisation: FBP inverts the operator in physical units
+            return self._run_astra(y * self.operator_norm.item() if self.normalize else y, "fbp")
 
     def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:
         r"""Least-squares solution of :math:`Ax = y` by CG (deepinv's), or FBP/FDK when ``fbp=True``.

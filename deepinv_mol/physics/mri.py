@@ -7,7 +7,11 @@ import math
 import warnings
 
 import torch
-from deepinv.physics import LinearPhysics
+from deepinv.physics import LinearPhysics, NoiseModel
+
+from ._utils import is_functorch_wrapped, refuse_if_too_large
+
+__all__ = ["NufftMRI"]
 
 _JIT_WARNING = r"`torch\.jit\.script` is deprecated"
 
@@ -39,6 +43,45 @@ def _as_real_float(name: str, value, cast: bool = True) -> torch.Tensor:
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     return value.to(torch.float32) if cast else value
+
+
+_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+#: float32 rounding of +-pi lies 8.7e-8 outside [-pi, pi]: tolerate that much (a float64 copy of a float32
+#: trajectory) and fold it back
+_PI_TOLERANCE = 4 * torch.finfo(torch.float32).eps * math.pi
+
+
+class _NufftOp(torch.autograd.Function):
+    r"""One of :math:`A`, :math:`A^H`, :math:`A^H A` of a :class:`NufftMRI`, as a new-style autograd
+    Function (``torch.func`` ready): the backward of :math:`A` is :math:`A^H` and vice versa, and
+    :math:`A^H A` is self-adjoint; the forward-mode derivative of a linear map is the map itself.
+    torchkbnufft's own (old-style) Functions run inside :meth:`forward` only."""
+
+    _ADJOINT = {"A": "AH", "AH": "A", "AHA": "AHA"}
+
+    @staticmethod
+    def forward(t, physics, mode):
+        return physics._apply_raw(t, mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.physics, ctx.mode = inputs[1], inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _NufftOp.apply(grad, ctx.physics, _NufftOp._ADJOINT[ctx.mode]), None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _physics, _mode):
+        return _NufftOp.apply(tangent, ctx.physics, ctx.mode)
+
+    @staticmethod
+    def vmap(info, in_dims, t, physics, mode):
+        if in_dims[0] is None:
+            return _NufftOp.apply(t, physics, mode), None
+        # one call per mapped slice: per-batch coil maps forbid folding the mapped dim into the batch
+        parts = [_NufftOp.apply(u, physics, mode) for u in t.unbind(in_dims[0])]
+        return torch.stack(parts), 0
 
 
 class NufftMRI(LinearPhysics):
@@ -84,8 +127,23 @@ class NufftMRI(LinearPhysics):
     ``A_dagger(y, density_compensation=True)`` solves the density-weighted least-squares problem.
     Plain :meth:`A_dagger` is CG on the normal equations (deepinv's solver, Toeplitz operator).
 
+    **Normalisation** (deepinv's convention, as :class:`deepinv.physics.Tomography`): with
+    ``normalize=True`` (default) :meth:`A` and :meth:`A_adjoint` are divided by the operator norm
+    :math:`\|A\|` (largest singular value of the unnormalised operator above, by power iteration once
+    at construction and whenever the trajectory or coil maps change; buffer ``operator_norm``), so
+    :math:`\|A\| = 1` and :math:`A^H y` is on the image's scale. ``normalize=False`` keeps the
+    unitary-DFT scale of the formula above (``operator_norm`` is then 1).
+
+    **Precision.** The operator computes in ``dtype`` (``float32`` by default; inputs are cast to it
+    and outputs cast back to the input's dtype). ``.to(torch.float64)`` (or ``.double()``) turns it
+    into a double-precision operator: real buffers become float64, complex ones complex128, and the
+    torchkbnufft tables and Toeplitz kernel are recomputed in double precision; ``.to(torch.float32)``
+    on a float32 operator changes nothing (complex buffers are never cast to a real dtype).
+
     Every tensor (trajectory, coil maps, kernel, density, torchkbnufft's tables) is a registered
-    buffer, so ``.to(device)`` and ``state_dict`` carry the whole operator.
+    buffer, so ``.to(device)`` and ``state_dict`` carry the whole operator. The operators are
+    ``torch.autograd.Function``\ s in the new style, so ``torch.func.grad``/``vjp``/``jvp``/``vmap``
+    and :func:`deepinv.physics.forward.adjoint_function` work through them.
 
     :param torch.Tensor trajectory: k-space trajectory in radians, ``(2, K)``, ``(3, K)`` or
         ``(T, 2, K)`` (see the table), values in :math:`[-\pi, \pi)`.
@@ -96,6 +154,8 @@ class NufftMRI(LinearPhysics):
         ``"pipe"`` to compute Pipe's weights now, or ``None`` to compute them on first use. Weights
         are rescaled so that gridding has unit gain on smooth images.
     :param bool toeplitz: use the Toeplitz-embedded normal operator.
+    :param bool normalize: divide :meth:`A` and :meth:`A_adjoint` by :math:`\|A\|` (unit operator norm).
+    :param torch.dtype dtype: computation precision, ``torch.float32`` or ``torch.float64``.
     :param deepinv.physics.NoiseModel noise_model: noise model applied to the measurements
         (``None``: noiseless).
     :param torch.device, str device: device of every buffer.
@@ -110,6 +170,8 @@ class NufftMRI(LinearPhysics):
         >>> x = torch.randn(2, 2, 32, 32)
         >>> physics.A(x).shape
         torch.Size([2, 2, 4, 1536])
+        >>> round(physics.compute_norm(x, tol=1e-6, verbose=False).item(), 2)  # normalize=True: ||A||^2 = 1
+        1.0
         >>> bool(physics.adjointness_test(x) < 1e-4)
         True
         >>> err = physics.A_adjoint_A(x) - physics.A_adjoint(physics.A(x))
@@ -119,47 +181,140 @@ class NufftMRI(LinearPhysics):
 
     def __init__(
         self,
-        trajectory,
-        img_size,
-        coil_maps=None,
-        density=None,
+        trajectory: torch.Tensor,
+        img_size: tuple[int, ...],
+        coil_maps: torch.Tensor | None = None,
+        density: torch.Tensor | str | None = None,
         toeplitz: bool = True,
-        noise_model=None,
-        device="cpu",
+        noise_model: NoiseModel | None = None,
+        device: torch.device | str = "cpu",
+        normalize: bool = True,
+        dtype: torch.dtype = torch.float32,
         **kwargs,
     ):
         im_size = self._check_img_size(img_size)
         if not isinstance(toeplitz, bool):
             raise TypeError(f"toeplitz must be a bool, got {type(toeplitz).__name__}")
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+        if dtype not in _COMPLEX_OF:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         kwargs.setdefault("solver", "CG")
         super().__init__(noise_model=noise_model, device=device, **kwargs)
         self.im_size = im_size
         self.toeplitz = toeplitz
+        self.normalize = normalize
         # torchkbnufft's defaults (2x grid, 6 neighbours): lower settings break the float32-level
         # agreement between the Toeplitz kernel and the NUFFT pair (0.5 % at 1.25x)
         self.grid_size = tuple(2 * n for n in im_size)
         self.numpoints = 6
         # torchkbnufft's "ortho" divides by sqrt(grid size); rescale to the unitary-DFT sqrt(N)
         self._scale = math.sqrt(math.prod(self.grid_size) / math.prod(im_size))
-
-        tkbn = _torchkbnufft()
-        options = dict(im_size=im_size, grid_size=self.grid_size, numpoints=self.numpoints)
-        self._forward_op = tkbn.KbNufft(**options)
-        self._adjoint_op = tkbn.KbNufftAdjoint(**options)
-        self._toeplitz_op = tkbn.ToepNufft()
+        self._dtype = dtype
 
         self.register_buffer("trajectory", self._check_trajectory(trajectory))
+        self._check_memory(coil_maps)
+        self._build_nufft(dtype, self.trajectory.device)
         self.register_buffer("coil_maps", None)
         self.register_buffer("density", None)
         self.register_buffer("toeplitz_kernel", None)
+        self.register_buffer("operator_norm", torch.ones((), dtype=torch.float64))
         self._sync_shapes()
         self.to(device)  # the kernel and density below are computed where the operator will run
         if coil_maps is not None:
             self.coil_maps = self._check_coil_maps(coil_maps)
-        self._set_density(density)
         if toeplitz:
             self.toeplitz_kernel = self._compute_toeplitz_kernel()
+        self._update_norm()
+        self._set_density(density)
         self.to(device)
+
+    # ------------------------------------------------------------------ precision and scale
+    def _build_nufft(self, dtype: torch.dtype, device) -> None:
+        """(Re)build torchkbnufft's modules with their interpolation tables in ``dtype``."""
+        tkbn = _torchkbnufft()
+        options = dict(im_size=self.im_size, grid_size=self.grid_size, numpoints=self.numpoints)
+        self._forward_op = tkbn.KbNufft(**options, dtype=dtype, device=device)
+        self._adjoint_op = tkbn.KbNufftAdjoint(**options, dtype=dtype, device=device)
+        self._toeplitz_op = tkbn.ToepNufft()
+
+    def _check_memory(self, coil_maps) -> None:
+        coils = 1
+        if isinstance(coil_maps, torch.Tensor) and coil_maps.ndim >= 1 + len(self.im_size):
+            coils = int(coil_maps.shape[-len(self.im_size) - 1])
+        frames = int(self.trajectory.shape[0]) if self.trajectory.ndim == 3 else 1
+        complex_bytes = 2 * torch.finfo(self._dtype).bits // 8
+        # one oversampled grid per coil and frame, plus the Toeplitz kernel (grid of 2^d x the image)
+        grid = math.prod(self.grid_size) * complex_bytes * frames
+        needed = grid * coils + grid * (2 ** len(self.im_size) if self.toeplitz else 0)
+        refuse_if_too_large(
+            f"NufftMRI(img_size={self.im_size}, coils={coils}, frames={frames})",
+            needed,
+            "use a smaller img_size or fewer coils/frames",
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Computation precision (``torch.float32`` or ``torch.float64``)."""
+        return self._dtype
+
+    def _apply(self, fn, recurse=True):
+        # nn.Module.to(real dtype) would cast complex buffers to real (dropping the imaginary part):
+        # map each complex buffer to the complex dtype matching the real dtype fn picks instead
+        def safe(t):
+            if not t.is_complex():
+                return fn(t)
+            probe = fn(torch.zeros((), dtype=t.real.dtype, device=t.device))
+            if probe.dtype not in _COMPLEX_OF:
+                raise TypeError(f"NufftMRI computes in float32 or float64, not {probe.dtype}")
+            return t.to(device=probe.device, dtype=_COMPLEX_OF[probe.dtype])
+
+        old = getattr(self, "_dtype", None)
+        trajectory = self._buffers.get("trajectory")
+        if old is not None and trajectory is not None:
+            new = fn(torch.zeros((), dtype=old, device=trajectory.device)).dtype
+            if new not in _COMPLEX_OF:
+                raise TypeError(f"NufftMRI computes in float32 or float64, not {new}")
+        norm = self._buffers.get("operator_norm")
+        super()._apply(safe, recurse)
+        if norm is not None:  # a float64 scalar whatever the precision (no float32 rounding on .to())
+            self.operator_norm = norm.to(device=self.trajectory.device, dtype=torch.float64)
+        if old is not None and trajectory is not None:
+            if self.trajectory.dtype != old:
+                # an accurate operator in the new precision: tables and kernel recomputed, not cast
+                self._dtype = self.trajectory.dtype
+                self._build_nufft(self._dtype, self.trajectory.device)
+                if self.toeplitz and self.toeplitz_kernel is not None:
+                    self.toeplitz_kernel = self._compute_toeplitz_kernel()
+                if self.normalize:
+                    self._update_norm()  # the norm in the new precision, as a fresh operator's
+        return self
+
+    def _update_norm(self) -> None:
+        r"""Recompute ``operator_norm`` (:math:`\|A\|` of the unnormalised operator) when ``normalize``."""
+        if not self.normalize:
+            self.operator_norm = torch.ones((), dtype=torch.float64, device=self.trajectory.device)
+            return
+        self.operator_norm = torch.ones((), dtype=torch.float64, device=self.trajectory.device)
+        batch = 1 if self.coil_maps is None else int(self.coil_maps.shape[0])
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn((batch,) + self.img_size, generator=generator, dtype=self._dtype).to(self.trajectory.device)
+        # the Toeplitz normal operator even when toeplitz=False: ~100x cheaper than the NUFFT pair
+        kernel = self.toeplitz_kernel if self.toeplitz_kernel is not None else self._compute_toeplitz_kernel()
+        with torch.no_grad():
+            lam = None
+            for _ in range(100):
+                x = x / x.flatten(1).norm(dim=1).clamp_min(1e-30).reshape((-1,) + (1,) * (x.ndim - 1))
+                z = self._apply_raw(x, "AHA", kernel=kernel)
+                new = (x * z).flatten(1).sum(1).max().item()  # Rayleigh quotient, x of unit norm
+                x = z
+                if lam is not None and abs(new - lam) <= 1e-6 * abs(new):
+                    lam = new
+                    break
+                lam = new
+        if not lam > 0:
+            raise ValueError("NufftMRI has a zero operator (all-zero coil maps?): cannot normalise it")
+        self.operator_norm = torch.tensor(math.sqrt(lam), dtype=torch.float64, device=self.trajectory.device)
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -195,16 +350,18 @@ class NufftMRI(LinearPhysics):
             raise ValueError("trajectory has no samples (K = 0)")
         if not torch.isfinite(traj).all():
             raise ValueError("trajectory contains NaN or Inf")
-        # compared in the tensor's own precision: -pi in float32 is a valid sample
-        if (traj < -math.pi).any() or (traj >= math.pi).any():
+        # -pi in float32 is a valid sample, and so is its float64 copy (8.7e-8 below -pi): tolerate
+        # float32 rounding below -pi; +pi itself is out of range
+        if (traj < -math.pi - _PI_TOLERANCE).any() or (traj >= math.pi).any():
             low, high = traj.min().item(), traj.max().item()
             raise ValueError(
                 f"trajectory must be in radians within [-pi, pi), got values in [{low:.6g}, {high:.6g}] "
                 "(wrap with torch.remainder(k + pi, 2 * pi) - pi, or rescale from 1/FOV units by 2*pi/N)"
             )
-        traj = traj.to(torch.float32)
-        # float64 values just below pi may round onto float32(pi): fold them (the NUFFT is 2pi-periodic)
-        traj = torch.where(traj >= math.pi, traj - 2 * math.pi, traj)
+        dtype = getattr(self, "_dtype", torch.float32)
+        traj = traj.to(torch.float64)  # a few float32 ulps below -pi: kept (the NUFFT is 2pi-periodic)
+        # values at (or rounding onto) +pi: fold them (the NUFFT is 2pi-periodic)
+        traj = torch.where(traj.to(dtype) >= math.pi, traj - 2 * math.pi, traj).to(dtype)
         device = self.trajectory.device if getattr(self, "trajectory", None) is not None else None
         return traj.to(device) if device is not None else traj
 
@@ -224,11 +381,15 @@ class NufftMRI(LinearPhysics):
             )
         if not torch.isfinite(torch.view_as_real(coil_maps)).all():
             raise ValueError("coil_maps contain NaN or Inf")
+        if coil_maps.ndim == ndim + 2 and coil_maps.shape[0] == 0:
+            raise ValueError("coil_maps (B, C, ...) has an empty batch (B = 0)")
+        if coil_maps.shape[-ndim - 1] == 0:
+            raise ValueError(f"coil_maps must hold at least one coil, got shape {tuple(coil_maps.shape)}")
         maps = coil_maps if coil_maps.ndim == ndim + 2 else coil_maps.unsqueeze(0)
-        return maps.to(device=self.trajectory.device, dtype=torch.complex64)
+        return maps.to(device=self.trajectory.device, dtype=_COMPLEX_OF[self._dtype])
 
     def _check_density(self, density) -> torch.Tensor:
-        weights = _as_real_float("density", density)
+        weights = _as_real_float("density", density, cast=False).to(self._dtype)
         expected = tuple(self.trajectory.shape[:-2]) + (self.trajectory.shape[-1],)
         if tuple(weights.shape) != expected:
             raise ValueError(f"density must have shape {expected} (one weight per sample), got {tuple(weights.shape)}")
@@ -237,7 +398,7 @@ class NufftMRI(LinearPhysics):
         return weights.to(self.trajectory.device)
 
     def _check_input(self, t: torch.Tensor, kind: str) -> torch.Tensor:
-        """Check an image (``kind='image'``) or k-space tensor against the operator; return float32."""
+        """Check an image (``kind='image'``) or k-space tensor against the operator."""
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{kind} must be a torch.Tensor, got {type(t).__name__}")
         expected = self._expected_shape(kind)
@@ -251,12 +412,16 @@ class NufftMRI(LinearPhysics):
             raise TypeError(f"{kind} must be a floating-point tensor {layout}, got dtype {t.dtype}")
         if t.ndim != len(expected) + 1 or tuple(t.shape[1:]) != expected:
             raise ValueError(f"NufftMRI expects {kind} of shape {layout}, got {tuple(t.shape)}")
+        if t.shape[0] == 0:
+            raise ValueError(f"NufftMRI got an empty batch: {kind} of shape {tuple(t.shape)} (B must be >= 1)")
         maps = self.coil_maps
         if maps is not None and maps.shape[0] not in (1, t.shape[0]):
             raise ValueError(
                 f"coil_maps hold {maps.shape[0]} per-batch sets but the {kind} batch has {t.shape[0]} elements"
             )
-        return t.to(torch.float32)
+        if t.device.type != "meta" and not is_functorch_wrapped(t) and not torch.isfinite(t).all():
+            raise ValueError(f"NufftMRI got a {kind} containing NaN or Inf values")
+        return t
 
     def _expected_shape(self, kind: str) -> tuple[int, ...]:
         frames = () if self.frames is None else (self.frames,)
@@ -310,20 +475,27 @@ class NufftMRI(LinearPhysics):
         trajectory samples densely, so the gain measures the weights, not the k-space coverage.
         """
         frames = 1 if self.frames is None else self.frames
-        axes = [torch.arange(n, dtype=torch.float32, device=weights.device) - n // 2 for n in self.im_size]
+        axes = [torch.arange(n, dtype=self._dtype, device=weights.device) - n // 2 for n in self.im_size]
         grids = torch.meshgrid(*axes, indexing="ij")
         blob = torch.exp(-0.5 * sum((g / (n / 8)) ** 2 for g, n in zip(grids, self.im_size)))
-        blob = blob.to(torch.complex64).expand((frames, 1) + self.im_size)
+        blob = blob.to(_COMPLEX_OF[self._dtype]).expand((frames, 1) + self.im_size)
         w = weights.reshape(frames, 1, -1)
         with _quiet_torchkbnufft():
             data = self._forward_op(blob, self.trajectory, norm="ortho")
             image = self._adjoint_op(w * data, self.trajectory, norm="ortho")
-        gain = self._scale**2 * (blob.conj() * image).real.flatten(1).sum(1) / blob.abs().pow(2).flatten(1).sum(1)
+        # the gain of the operator as used (normalised or not): gridding stays unit-gain
+        gain = (self._scale / self.operator_norm.item()) ** 2 * (blob.conj() * image).real.flatten(1).sum(1) / blob.abs().pow(2).flatten(1).sum(1)
         if not (gain > 0).all():
             raise ValueError("density weights give a non-positive gridding gain (all-zero weights?)")
         return (w / gain[:, None, None]).reshape(weights.shape)
 
-    def update_parameters(self, trajectory=None, coil_maps=None, density=None, **kwargs):
+    def update_parameters(
+        self,
+        trajectory: torch.Tensor | None = None,
+        coil_maps: torch.Tensor | None = None,
+        density: torch.Tensor | str | None = None,
+        **kwargs,
+    ) -> None:
         r"""Change the trajectory, coil maps or density weights (``physics(x, trajectory=...)`` calls this).
 
         A new trajectory recomputes the Toeplitz kernel (when ``toeplitz=True``) and drops cached
@@ -343,6 +515,10 @@ class NufftMRI(LinearPhysics):
                 self.density = None
         if coil_maps is not None:
             self.coil_maps = self._check_coil_maps(coil_maps)
+        if (trajectory is not None or coil_maps is not None) and self.normalize:
+            self._update_norm()
+            if density is None and self.density is not None:
+                self.density = None  # its gain was for the previous norm: recompute on demand
         if density is not None:
             self._set_density(density)
         super().update_parameters(**kwargs)
@@ -350,6 +526,8 @@ class NufftMRI(LinearPhysics):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # our buffers may differ in shape between instances (trajectory length, coil count, cached
         # density): take the incoming shapes instead of failing, then re-derive frames/img_size
+        if prefix + "operator_norm" not in state_dict:  # a state_dict from before normalisation
+            state_dict[prefix + "operator_norm"] = self.operator_norm.clone()
         for name in ("trajectory", "coil_maps", "density", "toeplitz_kernel"):
             incoming = state_dict.get(prefix + name)
             if incoming is None:
@@ -361,6 +539,9 @@ class NufftMRI(LinearPhysics):
                 self._buffers[name] = torch.empty_like(incoming, device=self.trajectory.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._sync_shapes()
+        if self.trajectory.dtype != self._dtype:  # a state_dict of the other precision
+            self._dtype = self.trajectory.dtype
+            self._build_nufft(self._dtype, self.trajectory.device)
 
     # ------------------------------------------------------------------ complex plumbing
     def _image_to_complex(self, x: torch.Tensor) -> torch.Tensor:
@@ -385,6 +566,41 @@ class NufftMRI(LinearPhysics):
         return torch.stack((z.real, z.imag), dim=1).to(dtype)
 
     # ------------------------------------------------------------------ operators
+    def _apply_raw(self, t: torch.Tensor, mode: str, kernel: torch.Tensor | None = None) -> torch.Tensor:
+        r"""``mode`` in ``"A"``, ``"AH"``, ``"AHA"`` on a checked two-channel tensor, in the operator's
+        precision, normalised when ``normalize``; returns the input's dtype. No autograd graph."""
+        dtype = t.dtype
+        t = t.to(self._dtype)
+        batch = t.shape[0]
+        norm = self.operator_norm.item() if self.normalize else 1.0
+        with _quiet_torchkbnufft():
+            if mode == "A":
+                y = self._forward_op(
+                    self._image_to_complex(t), self._omega(batch), smaps=self._maps(batch), norm="ortho"
+                )
+                if self.frames is not None:
+                    y = y.reshape((batch, self.frames) + y.shape[1:])
+                out = self._to_two_channel(y * (self._scale / norm), dtype)
+            elif mode == "AH":
+                data = torch.complex(t[:, 0], t[:, 1]).reshape((-1,) + t.shape[-2:])
+                x = self._adjoint_op(data, self._omega(batch), smaps=self._maps(batch), norm="ortho")
+                out = self._to_two_channel((self._scale / norm) * x[:, 0].reshape((batch,) + self.img_size[1:]), dtype)
+            elif not self.toeplitz and kernel is None:
+                return self._apply_raw(self._apply_raw(t, "A"), "AH").to(dtype)
+            else:
+                kernel = self.toeplitz_kernel if kernel is None else kernel
+                maps = self._maps(batch)
+                if self.frames is not None:
+                    kernel = kernel.repeat(batch, *([1] * (kernel.ndim - 1)))
+                    if maps is None:
+                        # (N, 1, ...) so that ToepNufft's filter broadcasts item by item, not N x N
+                        kernel = kernel.unsqueeze(1)
+                z = self._toeplitz_op(self._image_to_complex(t), kernel, smaps=maps, norm="ortho")
+                out = self._to_two_channel(z[:, 0].reshape((batch,) + self.img_size[1:]), dtype)
+                if norm != 1.0:
+                    out = out / norm**2
+        return out
+
     def A(self, x: torch.Tensor, **params) -> torch.Tensor:
         r"""Forward operator: image ``(B, 2, [T,] *img_size)`` to k-space ``(B, 2, [T,] C, K)``.
 
@@ -394,15 +610,8 @@ class NufftMRI(LinearPhysics):
         """
         if params:
             self.update_parameters(**params)
-        xf = self._check_input(x, "image")
-        batch = x.shape[0]
-        with _quiet_torchkbnufft():
-            y = self._forward_op(
-                self._image_to_complex(xf), self._omega(batch), smaps=self._maps(batch), norm="ortho"
-            )
-        if self.frames is not None:
-            y = y.reshape((batch, self.frames) + y.shape[1:])
-        return self._to_two_channel(self._scale * y, x.dtype)
+        self._check_input(x, "image")
+        return _NufftOp.apply(x, self, "A")
 
     def A_adjoint(self, y: torch.Tensor, **params) -> torch.Tensor:
         r"""Adjoint operator: k-space ``(B, 2, [T,] C, K)`` to image ``(B, 2, [T,] *img_size)``.
@@ -413,12 +622,8 @@ class NufftMRI(LinearPhysics):
         """
         if params:
             self.update_parameters(**params)
-        yf = self._check_input(y, "k-space")
-        batch = y.shape[0]
-        data = torch.complex(yf[:, 0], yf[:, 1]).reshape((-1,) + yf.shape[-2:])
-        with _quiet_torchkbnufft():
-            x = self._adjoint_op(data, self._omega(batch), smaps=self._maps(batch), norm="ortho")
-        return self._to_two_channel(self._scale * x[:, 0].reshape((batch,) + self.img_size[1:]), y.dtype)
+        self._check_input(y, "k-space")
+        return _NufftOp.apply(y, self, "AH")
 
     def A_adjoint_A(self, x: torch.Tensor, **params) -> torch.Tensor:
         r"""Normal operator :math:`A^H A x`: Toeplitz FFT filter (``toeplitz=True``) or the NUFFT pair.
@@ -431,18 +636,8 @@ class NufftMRI(LinearPhysics):
             self.update_parameters(**params)
         if not self.toeplitz:
             return self.A_adjoint(self.A(x))
-        xf = self._check_input(x, "image")
-        batch = x.shape[0]
-        kernel = self.toeplitz_kernel
-        maps = self._maps(batch)
-        if self.frames is not None:
-            kernel = kernel.repeat(batch, *([1] * (kernel.ndim - 1)))
-            if maps is None:
-                # (N, 1, ...) so that ToepNufft's filter broadcasts item by item, not N x N
-                kernel = kernel.unsqueeze(1)
-        with _quiet_torchkbnufft():
-            z = self._toeplitz_op(self._image_to_complex(xf), kernel, smaps=maps, norm="ortho")
-        return self._to_two_channel(z[:, 0].reshape((batch,) + self.img_size[1:]), x.dtype)
+        self._check_input(x, "image")
+        return _NufftOp.apply(x, self, "AHA")
 
     # ------------------------------------------------------------------ density compensation
     def density_compensation(self) -> torch.Tensor:
@@ -475,8 +670,16 @@ class NufftMRI(LinearPhysics):
         return self.A_adjoint(self._weight(y, weights))
 
     def A_dagger(
-        self, y, solver="CG", max_iter=None, tol=None, verbose=False, density_compensation=False, **kwargs
-    ):
+        self,
+        y: torch.Tensor,
+        solver: str = "CG",
+        max_iter: int | None = None,
+        tol: float | None = None,
+        verbose: bool = False,
+        density_compensation: bool = False,
+        density_compensate: bool | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         r"""Least-squares reconstruction by CG; optionally density-weighted.
 
         * ``density_compensation=False``: deepinv's solver on :math:`A^H A x = A^H y` (Toeplitz
@@ -496,9 +699,16 @@ class NufftMRI(LinearPhysics):
         :param float tol: relative tolerance (default: ``self.tol``).
         :param bool verbose: print solver information.
         :param bool density_compensation: solve the density-weighted problem.
+        :param bool density_compensate: deepinv's spelling of ``density_compensation``
+            (:class:`deepinv.physics.NonCartesianMRI`); either may be given.
         :return: (:class:`torch.Tensor`) image ``(B, 2, [T,] *img_size)``.
         """
         from deepinv.optim.linear import conjugate_gradient
+
+        if density_compensate is not None:
+            if not isinstance(density_compensate, bool):
+                raise TypeError(f"density_compensate must be a bool, got {type(density_compensate).__name__}")
+            density_compensation = density_compensation or density_compensate
 
         max_iter = self.max_iter if max_iter is None else max_iter
         tol = self.tol if tol is None else tol

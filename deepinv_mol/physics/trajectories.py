@@ -14,8 +14,17 @@ Conventions shared by every generator here:
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
+
+__all__ = [
+    "GOLDEN_ANGLE_RADIAL",
+    "GOLDEN_ANGLE_SPIRAL",
+    "radial_trajectory",
+    "spiral_trajectory",
+    "spokes_for_acceleration",
+]
 
 #: Golden angle for spokes through the centre (angles taken modulo :math:`\pi`):
 #: :math:`\pi / \varphi = \pi (\sqrt 5 - 1) / 2 \approx 111.25^\circ`.
@@ -164,7 +173,7 @@ def spiral_trajectory(
     return _stack(r * torch.cos(phase), r * torch.sin(phase), frames)
 
 
-def spokes_for_acceleration(matrix_size, acceleration: float) -> int:
+def spokes_for_acceleration(matrix_size: int | Sequence[int], acceleration: float) -> int:
     r"""Number of radial spokes that undersample an :math:`N \times N` matrix by ``acceleration``.
 
     A radial acquisition meets the Nyquist criterion at the edge of k-space with
