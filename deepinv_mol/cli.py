@@ -138,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .pretrained import LEARNED_MODELS
-    from .training import image_of
+    from .data import image_of
 
     task = _task(args.task)
     _check_device(task)
@@ -169,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from .training import image_of
+    from .data import image_of
 
     task = _task(args.task)
     names = _model_names(args.models)
@@ -205,7 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .pretrained import default_config
-    from .training import export_weights, train
+    from .training import CheckpointError, NonFiniteLossError, export_weights, train
 
     task = _task(args.task)
     _check_learned(args.model)
@@ -226,23 +226,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"{out} already holds a training run: pass --resume to continue it or choose another --out")
     if args.export:
         check_output_path(Path(args.export) / "manifest.json", "--export")
-    history = train(
-        task.name,
-        args.model,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        crop=crop,
-        lr=args.lr,
-        out=out,
-        resume=args.resume,
-        seed=args.seed,
-        eval_every=args.eval_every,
-        val_images=args.val_images,
-        optimizer=args.optimizer,
-        stop_after=args.stop_after,
-        config=config,
-        progress=not args.quiet,
-    )
+    try:
+        history = train(
+            task.name,
+            args.model,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            crop=crop,
+            lr=args.lr,
+            out=out,
+            resume=args.resume,
+            seed=args.seed,
+            eval_every=args.eval_every,
+            val_images=args.val_images,
+            optimizer=args.optimizer,
+            stop_after=args.stop_after,
+            config=config,
+            progress=not args.quiet,
+        )
+    except (CheckpointError, NonFiniteLossError) as err:  # the run's state, not a bug: one line, exit 2
+        raise CLIError(str(err)) from err
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -262,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_certify(args: argparse.Namespace) -> int:
     from .guarantees import certify
-    from .training import image_of
+    from .data import image_of
 
     task = _task(args.task)
     _check_learned(args.model)
@@ -289,10 +292,14 @@ BENCHMARKS = {
     "ct": ("ct", "bench_ct_vs_tomography"),
     "luser": ("luser", "bench_luser_memory"),
     "luser-quality": ("luser", "bench_luser_quality"),
-    "quality": ("quality", "bench_quality"),
     "robustness": ("robustness", "bench_robustness"),
     "convergence": ("convergence", "bench_convergence"),
+    "speed": ("speed", "bench_speed"),
 }
+
+# bench options -> keyword arguments of the benchmark functions that take them
+_BENCH_OPTIONS = {"tasks": "tasks", "models": "models", "n_images": "n_images", "image_size": "image_size",
+                  "steps": "steps"}
 
 
 def _bench_function(name):
@@ -318,12 +325,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
             check_output_path(path, what)
-    rows = fn()
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    kwargs = {}
+    for option, keyword in _BENCH_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if keyword not in params:
+            raise CLIError(f"benchmark {args.name!r} takes no --{option.replace('_', '-')}")
+        kwargs[keyword] = tuple(value.split(",")) if option in ("tasks", "models") else value
+    # benchmarks that write their own JSON (settings, machine, curves) and figure get the paths
+    writes_own = "json_path" in params
+    if writes_own:
+        kwargs.update(json_path=args.json, figure_path=args.plot)
+    if "progress" in params:
+        kwargs["progress"] = True
+    rows = fn(**kwargs)
     _print_rows(rows)
-    if args.json:
+    if args.json and not writes_own:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
-    if args.plot:
+    if args.plot and not writes_own:
         plot_rows(rows, args.plot, title=f"bench {args.name}")
     return 0
 
@@ -434,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=list(BENCHMARKS))
     b.add_argument("--json", default=None)
     b.add_argument("--plot", default=None)
+    b.add_argument("--tasks", default=None, help="comma-separated task names (robustness, convergence, speed)")
+    b.add_argument("--models", default=None, help="comma-separated model names (robustness, convergence, speed)")
+    b.add_argument("--n-images", dest="n_images", type=_number_type(int, lambda v: v >= 1, "an integer >= 1"),
+                   default=None)
+    b.add_argument("--image-size", dest="image_size", type=_number_type(int, lambda v: v >= 8, "an integer >= 8"),
+                   default=None)
+    b.add_argument("--steps", type=_number_type(int, lambda v: v >= 1, "an integer >= 1"), default=None,
+                   help="projected-gradient ascent steps (robustness)")
     b.set_defaults(func=cmd_bench)
     return p
 

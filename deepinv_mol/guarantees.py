@@ -451,6 +451,9 @@ def equation_residual(
         reported = getattr(model, "stats", None)
         if isinstance(reported, dict) and reported.get("equation_residual") is not None:
             return float(reported["equation_residual"])
+    own = getattr(model, "equation_residual", None)
+    if callable(own):  # MOL's own, with the normal operator it solves with (physics.A_adjoint_A)
+        return float(own(x_hat, y, physics).max())
     lam = float(model.lambda_)
     r = x_hat - model.denoiser(x_hat) + lam * physics.A_adjoint(physics.A(x_hat) - y)
     return float((_per_sample_norm(r) / _per_sample_norm(x_hat).clamp_min(1e-30)).max())
@@ -503,8 +506,8 @@ def worst_case_perturbation(
     :param float step_size: :math:`\tau` (default :math:`\epsilon`).
     :param torch.Generator generator: generator of the random start (on ``y``'s device).
     :param torch.Tensor init: starting direction instead of a random one (rescaled to norm ``eps``).
-    :param float, str solver_tol: during the measurement, the model's ``tol`` (and ``cg_tol``, when it has
-        them) is lowered to at most this value (and ``max_iter`` raised to at least 1000 when it was), then
+    :param float, str solver_tol: during the measurement, the model's ``tol`` (MOL ties its data-consistency
+        CG tolerance to it) is lowered to at most this value (and ``max_iter`` raised to at least 1000 when it was), then
         restored. A reconstruction stopped at relative tolerance :math:`\rho` can be off by about
         :math:`\rho\|x\|/m`, which inflates an amplification measured at small :math:`\epsilon` by up to
         :math:`2\rho\|x\|/(m\epsilon)` (16 % at ``tol=1e-4`` in one measured case). ``"auto"``:
@@ -531,7 +534,7 @@ def _tighter_solver(model, solver_tol: float | None) -> Iterator[None]:
     saved = {}
     tol = getattr(model, "tol", None)
     if solver_tol is not None and isinstance(tol, (int, float)) and not isinstance(tol, bool) and solver_tol < tol:
-        for name, value in (("tol", solver_tol), ("cg_tol", solver_tol), ("max_iter", 1000)):
+        for name, value in (("tol", solver_tol), ("max_iter", 1000)):
             old = getattr(model, name, None)
             if isinstance(old, (int, float)) and not isinstance(old, bool):
                 saved[name] = old

@@ -81,7 +81,8 @@ _REQUIRED = ("step", "state_dict", "optimizer", "scheduler", "rng", "step_losses
 
 
 class CheckpointError(ValueError):
-    r"""A checkpoint cannot be used: unreadable, not plain data, incomplete, or holding non-finite weights."""
+    r"""A checkpoint cannot be used: unreadable, not plain data, incomplete, holding non-finite weights,
+    or saved with other settings than the run that resumes it."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -503,7 +504,7 @@ class StepTrainer:
         diff = {k: (saved.get(k), v) for k, v in self.run_config.items() if k in saved and saved.get(k) != v}
         if diff:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"cannot resume {path}: settings differ ({detail})")
+            raise CheckpointError(f"cannot resume {path}: settings differ ({detail})")
         unwrap(self.model).load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"] is not None:

@@ -53,12 +53,12 @@ def test_profile_restores_the_objects():
     problem = bench_problem("mri-radial-4x", n_images=1, image_size=16)
     model = load_pretrained("mol-penalty", "mri-radial-4x")
     prof = mol_step_profile(model, problem.ys[0], problem.physics)
-    assert prof["steps"] == prof["calls"]["network"] == prof["iterations"] + 1  # + the final differentiable step
+    assert prof["steps"] == prof["calls"]["network"] == prof["iterations"]  # one network call per iteration (no extra final step)
     # the start image's CG (model.init_cg_iter iterations) is charged to the start image, not to the steps
     assert prof["start_calls"]["A^H A"] >= 1 and prof["start_calls"]["network"] == 0
-    assert prof["calls"]["A^H A"] <= prof["steps"] * (model.cg_iter + 1)
+    assert prof["calls"]["A^H A"] <= prof["steps"] * (model.dc_config.max_iter + 1)
     assert prof["start_seconds"] > 0
-    for obj, attr in ((model, "data_consistency"), (model, "initialise"), (model.denoiser, "forward"),
+    for obj, attr in ((model, "_solve"), (model, "initialise"), (model.denoiser, "forward"),
                       (problem.physics, "A"), (problem.physics, "A_adjoint"), (problem.physics, "A_adjoint_A")):
         assert attr not in obj.__dict__
 

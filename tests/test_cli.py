@@ -169,18 +169,20 @@ def test_demo_runs_baselines_without_weights(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
 
 
-def test_bench_unavailable_is_clear(capsys):
-    code, _, err = _run(["bench", "quality"], capsys)
-    if code == 0:
-        pytest.skip("a quality benchmark exists now")
-    _assert_one_line_error(code, err, "not available")
+def test_bench_unknown_name_and_unsupported_option_are_clear(capsys):
+    code, _, err = _run(["bench", "quality"], capsys)  # quality is `deepinv-mol eval` on held-out images
+    _assert_one_line_error(code, err, "invalid choice")
+    code, _, err = _run(["bench", "nufft", "--n-images", "2"], capsys)
+    _assert_one_line_error(code, err, "takes no --n-images")
+    code, _, err = _run(["bench", "speed", "--image-size", "3"], capsys)
+    _assert_one_line_error(code, err, "an integer >= 8")
 
 
 def test_bench_registry_points_at_real_functions():
     for name in cli.available_benchmarks():
         fn = cli._bench_function(name)
         assert callable(fn) and fn.__name__ == cli.BENCHMARKS[name][1]
-    assert {"memory", "nufft", "ct"} <= set(cli.available_benchmarks())
+    assert set(cli.available_benchmarks()) == set(cli.BENCHMARKS)
 
 
 def test_plot_rows(tmp_path):

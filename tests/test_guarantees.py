@@ -266,11 +266,12 @@ def test_certified_distance_to_fixed_point_on_ill_conditioned_problem(rng):
     assert any("||x - x*|| <=" in r for r in rep.reasons)
     # without x_hat, certify runs the model (and reads stats["equation_residual"] when MOL reports it)
     rep_run = certify(model, physics, y=y)
-    assert rep_run.fixed_point_distance == pytest.approx(rep.fixed_point_distance, rel=1e-3)
+    # (MOL derives it from CG's first residual, rhs - M x in float32: agrees to rounding, ~1e-3 here)
+    assert rep_run.fixed_point_distance == pytest.approx(rep.fixed_point_distance, rel=5e-3)
     # the equation residual computed here is the definition: F(x) + lam A^H (Ax - y), relative to ||x||
     with torch.no_grad():
         r = x_hat - net(x_hat) + lam * d * (d * x_hat - y)
-    assert rep.equation_residual == pytest.approx((r.flatten(1).norm(dim=1) / x_hat.flatten(1).norm(dim=1)).max().item(), rel=1e-4)
+    assert rep.equation_residual == pytest.approx((r.flatten(1).norm(dim=1) / x_hat.flatten(1).norm(dim=1)).max().item(), rel=1e-3)  # float32: lambda = 100 times a difference
     print(f"tol 1e-3: distance {dist:.3g}, certified {rep.fixed_point_distance:.3g}")
 
 
@@ -286,7 +287,8 @@ def test_small_eps_amplification_measured_with_a_tighter_solve(rng):
     tight = worst_case_perturbation(model, physics, y, eps=eps, steps=1, init=start)
     assert model.tol == 1e-3 and model.max_iter == 300  # restored
     # float32 floor: the reference solve stalls near 2e-7, so ask for 5e-7
-    reference = MOL(denoiser=net, lambda_=lam, tol=5e-7, max_iter=300, cg_iter=30, cg_tol=1e-10).eval()
+    reference = MOL(denoiser=net, lambda_=lam, tol=5e-7, max_iter=300,
+                    data_consistency={"max_iter": 100, "forcing": 0.0}).eval()
     with torch.no_grad():
         delta = tight.delta
         exact = ((reference(y + delta, physics) - reference(y, physics)).norm() / delta.norm()).item()

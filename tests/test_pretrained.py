@@ -262,9 +262,9 @@ def test_shipped_weights_load(task, name):
 @pytest.fixture(scope="module")
 def mri_test_image():
     """One embedded test slice of mri-radial-4x at full size (160 x 160) and its simulated measurements."""
-    from deepinv_mol.cli import simulate_set
+    from deepinv_mol.evaluation import simulate_set
     from deepinv_mol.tasks import get_task
-    from deepinv_mol.training import image_of
+    from deepinv_mol.data import image_of
 
     task = get_task("mri-radial-4x")
     data = task.dataset("test")

@@ -30,8 +30,9 @@ import math
 import torch
 
 from .report import TASKS, bench_problem, load_models, per_sample_norm, progress_bar, write_json
+from ..guarantees import equation_residual
 
-__all__ = ["MOL_MODELS", "mol_variant", "run_recorded", "equation_residual", "bench_convergence",
+__all__ = ["MOL_MODELS", "mol_variant", "run_recorded", "bench_convergence",
            "plot_convergence"]
 
 #: the models whose fixed-point iteration is measured
@@ -85,10 +86,11 @@ def run_recorded(model, y, physics, init=None, reference=None):
     r"""Reconstruct with ``model`` and record :math:`\|T(x) - x\|/\|T(x)\|` at every evaluation of its step map
     (and :math:`\|T(x) - x^\star\|/\|x^\star\|` when a reference fixed point :math:`x^\star` is given).
 
-    The model's ``step`` method is shadowed on the instance for the call (and restored after), so the
+    The model's data-consistency solve is shadowed on the instance for the call (and restored after), so the
     reconstruction is exactly the model's own.
 
-    :param model: a MOL-like model with a ``step(x, y, physics, aty=...)`` method.
+    :param model: a :class:`~deepinv_mol.optim.MOL` (its data-consistency solve ``_solve(z, x, aty, physics)``
+        is the last part of every step, so it sees each step's input and output).
     :param torch.Tensor y: measurements.
     :param physics: forward operator.
     :param torch.Tensor init: optional starting image.
@@ -97,37 +99,23 @@ def run_recorded(model, y, physics, init=None, reference=None):
         ``stats["iterations"]``), a copy of ``model.stats`` and the errors to ``reference`` (empty without it).
     """
     curve, errors = [], []
-    step = model.step
+    solve = model._solve
 
-    def recorded(x, *args, **kwargs):
-        tx = step(x, *args, **kwargs)
+    def recorded(z, x, *args, **kwargs):
+        tx, solver_stats = solve(z, x, *args, **kwargs)
         curve.append(float((per_sample_norm(tx - x) / per_sample_norm(tx).clamp_min(1e-12)).max()))
         if reference is not None:
             errors.append(_relative(tx, reference))
-        return tx
+        return tx, solver_stats
 
-    model.step = recorded
+    model._solve = recorded
     try:
         x = model(y, physics) if init is None else model(y, physics, init=init)
     finally:
-        del model.step
+        del model._solve
     stats = dict(model.stats)
     n = len(curve) if stats.get("iterations") is None else int(stats["iterations"])
     return x, curve[:n], stats, errors[:n]
-
-
-@torch.no_grad()
-def equation_residual(model, x, y, physics) -> float:
-    r""":math:`\max_b \|F(x_b) + \lambda A^H(Ax_b - y_b)\| / \|x_b\|`, :math:`F = I - H`: zero exactly at MOL's
-    fixed point.
-
-    :param model: a MOL model (``denoiser``, ``lambda_``).
-    :param torch.Tensor x: image.
-    :param torch.Tensor y: measurements.
-    :param physics: forward operator.
-    """
-    r = x - model.denoiser(x) + float(model.lambda_) * physics.A_adjoint(physics.A(x) - y)
-    return float((per_sample_norm(r) / per_sample_norm(x).clamp_min(1e-12)).max())
 
 
 def bench_convergence(
@@ -208,7 +196,7 @@ def bench_convergence(
                     per[kind]["iterations"].append(int(stats["iterations"]))
                     per[kind]["converged"].append(bool(stats["converged"]))
                     per[kind]["error"].append(_relative(x, x_ref))
-                    per[kind]["equation"].append(equation_residual(model, x, y, problem.physics))
+                    per[kind]["equation"].append(equation_residual(model, problem.physics, y, x_hat=x))
                     curves.append({"task": task_name, "model": name, "image": i, "run": kind, "residuals": curve,
                                    "errors": errors})
                 points = [x_ref]

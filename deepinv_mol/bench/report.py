@@ -3,7 +3,7 @@ models they load, and how they write their results (JSON with the settings and t
 
 A *test problem* is a task of :mod:`deepinv_mol.tasks` at a chosen image size, its physics, and
 ``n_images`` test images with their simulated measurements, exactly as ``deepinv-mol eval`` simulates
-them (:func:`deepinv_mol.cli.simulate_set`: image :math:`i` seeded by ``(seed, i)``).
+them (:func:`deepinv_mol.evaluation.simulate_set`: image :math:`i` seeded by ``(seed, i)``).
 """
 
 from __future__ import annotations
@@ -63,9 +63,9 @@ def bench_problem(task_name: str, n_images: int = 2, image_size: int = 64, seed:
     :return: a :class:`BenchProblem`.
     :raises ValueError: ``n_images`` or ``image_size`` out of range, unknown task.
     """
-    from ..cli import simulate_set
+    from ..evaluation import simulate_set
     from ..tasks import get_task
-    from ..training import image_of
+    from ..data import image_of
 
     if int(n_images) < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")

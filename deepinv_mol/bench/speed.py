@@ -78,7 +78,7 @@ class PartTimer:
 def _instrument(model, physics, timer: PartTimer):
     # instance attributes shadow the methods for this object only; _restore removes them
     patched = []
-    for obj, attr, name in ((model.denoiser, "forward", "network"), (model, "data_consistency", "data consistency"),
+    for obj, attr, name in ((model.denoiser, "forward", "network"), (model, "_solve", "data consistency"),
                             (model, "initialise", "start image"), (physics, "A_adjoint_A", "A^H A"),
                             (physics, "A", "A"), (physics, "A_adjoint", "A^H")):
         own = obj.__dict__.get(attr, _MISSING)  # an instance attribute of that name is put back afterwards

@@ -12,6 +12,10 @@ _NAMES = {
     "MonotoneScorePrior": ".prior",
     "LUSER": ".luser",
     "UnrolledFeedForward": ".luser",
+    "MoDLBaseline": ".baselines",
+    "AdjointReconstruction": ".baselines",
+    "CGReconstruction": ".baselines",
+    "FBPReconstruction": ".baselines",
 }
 
 __getattr__, __dir__, __all__ = lazy_names(__name__, _NAMES)

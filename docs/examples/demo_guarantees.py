@@ -28,7 +28,7 @@ from deepinv_mol.loss import LipschitzPenalty
 from deepinv_mol.models import MonotoneCNN
 from deepinv_mol.optim import MOL
 from deepinv_mol.tasks import get_task
-from deepinv_mol.training import image_of
+from deepinv_mol.data import image_of
 
 torch.manual_seed(0)
 g = torch.Generator().manual_seed(0)
@@ -147,4 +147,4 @@ for step in range(41):
     loss.backward()
     opt.step()
     if step % 10 == 0:
-        print(f"step {step:2d}: local Lipschitz estimate {penalty.last_estimate.value:.3f}, penalty {loss.item():.2f}")
+        print(f"step {step:2d}: local Lipschitz estimate {penalty.stats["value"]:.3f}, penalty {loss.item():.2f}")

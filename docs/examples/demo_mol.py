@@ -31,7 +31,7 @@ from deepinv_mol.models import MonotoneCNN
 from deepinv_mol.optim import MOL
 from deepinv_mol.pretrained import AdjointReconstruction
 from deepinv_mol.tasks import get_task
-from deepinv_mol.training import image_of
+from deepinv_mol.data import image_of
 
 torch.manual_seed(0)
 size = 32
