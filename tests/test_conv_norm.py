@@ -216,8 +216,6 @@ def test_shipped_models_load_and_strict_certificate_holds(task):
     assert load_pretrained("modl", task) is not None  # every shipped model loads
 
 
-@pytest.mark.xfail(reason="shipped LUSER weights carry stale power vectors (certified 1.01-1.075) until they are "
-                   "re-exported after converge_power_vectors (issue 12)", strict=False)
 @pytest.mark.parametrize("task", ["mri-radial-4x", "ct-sparse-view"])
 def test_shipped_luser_contraction_certified_as_loaded(task):
     from deepinv_mol import load_pretrained
