@@ -117,6 +117,14 @@ def machine() -> dict:
     }
 
 
+def _seed(*values: int) -> int:
+    r"""The benchmarks' per-draw seed: :func:`deepinv_mol.training.mix_seed` of ``values`` (imported on call,
+    so that importing a benchmark stays light); kept so that published tables keep their numbers."""
+    from ..training import mix_seed
+
+    return mix_seed(*values)
+
+
 def write_json(path, benchmark: str, settings: dict, rows: list, **extra) -> dict:
     r"""Write ``{"benchmark", "settings", "machine", "rows", **extra}`` as indented JSON (folders created).
 
