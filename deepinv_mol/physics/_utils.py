@@ -3,10 +3,11 @@ r"""Helpers shared by the physics operators (private)."""
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import torch
 
-__all__ = ["is_functorch_wrapped", "refuse_if_too_large", "total_memory_bytes"]
+__all__ = ["is_functorch_wrapped", "linear_map_function", "refuse_if_too_large", "total_memory_bytes"]
 
 
 def is_functorch_wrapped(t: torch.Tensor) -> bool:
@@ -33,3 +34,64 @@ def refuse_if_too_large(what: str, n_bytes: float, hint: str) -> None:
             f"{what} needs about {n_bytes / 2**30:.1f} GiB, more than this machine's "
             f"{total / 2**30:.1f} GiB of memory; {hint}"
         )
+
+
+def linear_map_function(
+    name: str,
+    doc: str,
+    run: Callable[[torch.Tensor, Any, Any], torch.Tensor],
+    adjoint_mode: Callable[[Any], Any],
+    fold_vmap: bool,
+) -> type:
+    r"""A new-style autograd Function ``F.apply(x, physics, mode)`` of a linear map (``torch.func`` ready):
+    the forward runs ``run(x, physics, mode)``; the backward is the map of ``adjoint_mode(mode)`` (the matched
+    adjoint); the forward-mode derivative of a linear map is the map itself; under ``vmap`` the mapped
+    dimension is folded into the batch (``fold_vmap=True``) or the map runs once per mapped slice.
+
+    :param str name: the class name.
+    :param str doc: the class docstring.
+    :param run: ``run(x, physics, mode)``, the raw (non-differentiable) map.
+    :param adjoint_mode: the mode of the adjoint of ``mode``.
+    :param bool fold_vmap: fold the vmapped dimension into the batch (one call) rather than one call per slice.
+    :return: the :class:`torch.autograd.Function` subclass.
+
+    :Examples:
+
+    >>> import torch
+    >>> Scale = linear_map_function("Scale", "x * physics * mode", lambda x, p, m: x * p * m, lambda m: m, True)
+    >>> x = torch.ones(2, 3, requires_grad=True)
+    >>> Scale.apply(x, 2.0, 3.0).sum().backward()
+    >>> x.grad[0, 0].item(), torch.func.vmap(lambda u: Scale.apply(u, 2.0, 1.0))(torch.ones(4, 2, 3)).shape
+    (6.0, torch.Size([4, 2, 3]))
+    """
+
+    class LinearMap(torch.autograd.Function):
+        @staticmethod
+        def forward(x, physics, mode):
+            return run(x, physics, mode)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.physics, ctx.mode = inputs[1], inputs[2]
+
+        @staticmethod
+        def backward(ctx, grad):
+            return LinearMap.apply(grad, ctx.physics, adjoint_mode(ctx.mode)), None, None
+
+        @staticmethod
+        def jvp(ctx, tangent, _physics, _mode):
+            return LinearMap.apply(tangent, ctx.physics, ctx.mode)
+
+        @staticmethod
+        def vmap(info, in_dims, x, physics, mode):
+            if in_dims[0] is None:
+                return LinearMap.apply(x, physics, mode), None
+            if not fold_vmap:
+                return torch.stack([LinearMap.apply(u, physics, mode) for u in x.unbind(in_dims[0])]), 0
+            x = x.movedim(in_dims[0], 0)
+            out = LinearMap.apply(x.reshape((-1,) + x.shape[2:]), physics, mode)
+            return out.reshape(x.shape[:2] + out.shape[1:]), 0
+
+    LinearMap.__name__ = LinearMap.__qualname__ = name
+    LinearMap.__doc__ = doc
+    return LinearMap

@@ -9,7 +9,7 @@ import warnings
 import torch
 from deepinv.physics import LinearPhysics, NoiseModel
 
-from ._utils import is_functorch_wrapped, refuse_if_too_large
+from ._utils import is_functorch_wrapped, linear_map_function, refuse_if_too_large
 
 __all__ = ["NufftMRI"]
 
@@ -51,37 +51,17 @@ _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _PI_TOLERANCE = 4 * torch.finfo(torch.float32).eps * math.pi
 
 
-class _NufftOp(torch.autograd.Function):
-    r"""One of :math:`A`, :math:`A^H`, :math:`A^H A` of a :class:`NufftMRI`, as a new-style autograd
-    Function (``torch.func`` ready): the backward of :math:`A` is :math:`A^H` and vice versa, and
-    :math:`A^H A` is self-adjoint; the forward-mode derivative of a linear map is the map itself.
-    torchkbnufft's own (old-style) Functions run inside :meth:`forward` only."""
-
-    _ADJOINT = {"A": "AH", "AH": "A", "AHA": "AHA"}
-
-    @staticmethod
-    def forward(t, physics, mode):
-        return physics._apply_raw(t, mode)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.physics, ctx.mode = inputs[1], inputs[2]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _NufftOp.apply(grad, ctx.physics, _NufftOp._ADJOINT[ctx.mode]), None, None
-
-    @staticmethod
-    def jvp(ctx, tangent, _physics, _mode):
-        return _NufftOp.apply(tangent, ctx.physics, ctx.mode)
-
-    @staticmethod
-    def vmap(info, in_dims, t, physics, mode):
-        if in_dims[0] is None:
-            return _NufftOp.apply(t, physics, mode), None
-        # one call per mapped slice: per-batch coil maps forbid folding the mapped dim into the batch
-        parts = [_NufftOp.apply(u, physics, mode) for u in t.unbind(in_dims[0])]
-        return torch.stack(parts), 0
+_NufftOp = linear_map_function(
+    "_NufftOp",
+    r"""One of :math:`A`, :math:`A^H`, :math:`A^H A` (mode ``"A"``, ``"AH"``, ``"AHA"``) of a :class:`NufftMRI`,
+    as a new-style autograd Function (``torch.func`` ready): the backward of :math:`A` is :math:`A^H` and vice
+    versa, and :math:`A^H A` is self-adjoint; the forward-mode derivative of a linear map is the map itself.
+    torchkbnufft's own (old-style) Functions run inside the forward only. Under ``vmap``, one call per mapped
+    slice: per-batch coil maps forbid folding the mapped dimension into the batch.""",
+    run=lambda t, physics, mode: physics._apply_raw(t, mode),
+    adjoint_mode={"A": "AH", "AH": "A", "AHA": "AHA"}.__getitem__,
+    fold_vmap=False,
+)
 
 
 class NufftMRI(LinearPhysics):
