@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["is_functorch_wrapped", "linear_map_function", "refuse_if_too_large", "total_memory_bytes"]
+__all__ = ["is_functorch_wrapped", "linear_map_function", "power_iteration", "refuse_if_too_large", "total_memory_bytes"]
 
 
 def is_functorch_wrapped(t: torch.Tensor) -> bool:
@@ -95,3 +95,40 @@ def linear_map_function(
     LinearMap.__name__ = LinearMap.__qualname__ = name
     LinearMap.__doc__ = doc
     return LinearMap
+
+
+def power_iteration(
+    step: Callable[[torch.Tensor], tuple[torch.Tensor, float]],
+    x: torch.Tensor,
+    max_iter: int = 100,
+    rtol: float = 1e-6,
+) -> float | None:
+    r"""The power method's loop: ``x, estimate = step(x)`` until two successive estimates agree to ``rtol``
+    (relative) or ``max_iter`` steps. ``step`` normalises its input, applies the normal operator
+    :math:`A^H A` and returns the image with the Rayleigh quotient; the caller chooses the normalisation
+    (whole batch or per item) and runs the loop under ``torch.no_grad()``.
+
+    :param step: ``step(x) -> (A^H A x_normalised, rayleigh_quotient)``.
+    :param torch.Tensor x: start vector.
+    :param int max_iter: step cap.
+    :param float rtol: relative agreement of two successive estimates that stops the loop.
+    :return: the last estimate of :math:`\|A\|^2` (``None`` when ``max_iter`` is 0).
+
+    :Examples:
+
+    >>> import torch
+    >>> d = torch.tensor([3.0, 1.0])
+    >>> def step(x):
+    ...     x = x / x.norm()
+    ...     z = d * x
+    ...     return z, float((x * z).sum())
+    >>> round(power_iteration(step, torch.ones(2)), 4)
+    3.0
+    """
+    estimate = None
+    for _ in range(max_iter):
+        x, new = step(x)
+        if estimate is not None and abs(new - estimate) <= rtol * abs(new):
+            return new
+        estimate = new
+    return estimate

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics, NoiseModel
 
-from ._utils import is_functorch_wrapped, linear_map_function, refuse_if_too_large
+from ._utils import is_functorch_wrapped, linear_map_function, power_iteration, refuse_if_too_large
 
 __all__ = ["AstraCT"]
 
@@ -572,17 +572,14 @@ class AstraCT(LinearPhysics):
         if not self.normalize or self.angles.device.type == "meta":
             return
         x = torch.randn((1, 1) + self.image_shape, generator=torch.Generator().manual_seed(0))
-        lam = None
+
+        def step(x):
+            x = x / x.norm()
+            z = self._run_astra(self._run_astra(x, "forward"), "adjoint")
+            return z, float((x * z).sum())
+
         with torch.no_grad():
-            for _ in range(100):
-                x = x / x.norm()
-                z = self._run_astra(self._run_astra(x, "forward"), "adjoint")
-                new = float((x * z).sum())
-                x = z
-                if lam is not None and abs(new - lam) <= 1e-6 * abs(new):
-                    lam = new
-                    break
-                lam = new
+            lam = power_iteration(step, x)
         if not lam > 0:
             raise ValueError("AstraCT: the projector is zero for this geometry (no ray meets the image)")
         self.operator_norm = torch.tensor(math.sqrt(lam), dtype=torch.float64, device=self.angles.device)

@@ -9,7 +9,7 @@ import warnings
 import torch
 from deepinv.physics import LinearPhysics, NoiseModel
 
-from ._utils import is_functorch_wrapped, linear_map_function, refuse_if_too_large
+from ._utils import is_functorch_wrapped, linear_map_function, power_iteration, refuse_if_too_large
 
 __all__ = ["NufftMRI"]
 
@@ -281,17 +281,14 @@ class NufftMRI(LinearPhysics):
         x = torch.randn((batch,) + self.img_size, generator=generator, dtype=self._dtype).to(self.trajectory.device)
         # the Toeplitz normal operator even when toeplitz=False: ~100x cheaper than the NUFFT pair
         kernel = self.toeplitz_kernel if self.toeplitz_kernel is not None else self._compute_toeplitz_kernel()
+
+        def step(x):
+            x = x / x.flatten(1).norm(dim=1).clamp_min(1e-30).reshape((-1,) + (1,) * (x.ndim - 1))
+            z = self._apply_raw(x, "AHA", kernel=kernel)
+            return z, (x * z).flatten(1).sum(1).max().item()  # Rayleigh quotient (largest item), x of unit norm
+
         with torch.no_grad():
-            lam = None
-            for _ in range(100):
-                x = x / x.flatten(1).norm(dim=1).clamp_min(1e-30).reshape((-1,) + (1,) * (x.ndim - 1))
-                z = self._apply_raw(x, "AHA", kernel=kernel)
-                new = (x * z).flatten(1).sum(1).max().item()  # Rayleigh quotient, x of unit norm
-                x = z
-                if lam is not None and abs(new - lam) <= 1e-6 * abs(new):
-                    lam = new
-                    break
-                lam = new
+            lam = power_iteration(step, x)
         if not lam > 0:
             raise ValueError("NufftMRI has a zero operator (all-zero coil maps?): cannot normalise it")
         self.operator_norm = torch.tensor(math.sqrt(lam), dtype=torch.float64, device=self.trajectory.device)
