@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["is_functorch_wrapped", "linear_map_function", "power_iteration", "refuse_if_too_large", "total_memory_bytes"]
+__all__ = ["is_functorch_wrapped", "linear_map_function", "power_iteration", "refuse_if_too_large", "spatial_size", "total_memory_bytes"]
 
 
 def is_functorch_wrapped(t: torch.Tensor) -> bool:
@@ -132,3 +132,28 @@ def power_iteration(
             return new
         estimate = new
     return estimate
+
+
+def spatial_size(img_size, minimum: int = 1) -> tuple[int, ...]:
+    r"""``img_size`` checked as ``(H, W)`` or ``(D, H, W)`` of ints ``>= minimum`` (bools refused).
+
+    :param img_size: tuple, list or :class:`torch.Size`.
+    :param int minimum: smallest side allowed.
+    :return: the size as a tuple.
+    :raises ValueError: naming what was expected.
+
+    >>> spatial_size([4, 5])
+    (4, 5)
+    >>> spatial_size((1, 8), minimum=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: img_size entries must be ints >= 2, got (1, 8)
+    """
+    size = tuple(img_size) if isinstance(img_size, (tuple, list, torch.Size)) else None
+    if size is None or len(size) not in (2, 3):
+        raise ValueError(f"img_size must be (H, W) or (D, H, W), got {img_size!r}")
+    for n in size:
+        if isinstance(n, bool) or not isinstance(n, int) or n < minimum:
+            expected = "positive ints" if minimum == 1 else f"ints >= {minimum}"
+            raise ValueError(f"img_size entries must be {expected}, got {img_size!r}")
+    return size

@@ -9,7 +9,7 @@ import warnings
 import torch
 from deepinv.physics import LinearPhysics, NoiseModel
 
-from ._utils import is_functorch_wrapped, linear_map_function, power_iteration, refuse_if_too_large
+from ._utils import is_functorch_wrapped, linear_map_function, power_iteration, refuse_if_too_large, spatial_size
 
 __all__ = ["NufftMRI"]
 
@@ -172,7 +172,7 @@ class NufftMRI(LinearPhysics):
         dtype: torch.dtype = torch.float32,
         **kwargs,
     ):
-        im_size = self._check_img_size(img_size)
+        im_size = spatial_size(img_size, minimum=2)
         if not isinstance(toeplitz, bool):
             raise TypeError(f"toeplitz must be a bool, got {type(toeplitz).__name__}")
         if not isinstance(normalize, bool):
@@ -294,16 +294,6 @@ class NufftMRI(LinearPhysics):
         self.operator_norm = torch.tensor(math.sqrt(lam), dtype=torch.float64, device=self.trajectory.device)
 
     # ------------------------------------------------------------------ validation
-    @staticmethod
-    def _check_img_size(img_size) -> tuple[int, ...]:
-        size = tuple(img_size) if isinstance(img_size, (tuple, list, torch.Size)) else None
-        if size is None or len(size) not in (2, 3):
-            raise ValueError(f"img_size must be (H, W) or (D, H, W), got {img_size!r}")
-        for n in size:
-            if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-                raise ValueError(f"img_size entries must be ints >= 2, got {img_size!r}")
-        return size
-
     def _check_trajectory(self, trajectory) -> torch.Tensor:
         traj = _as_real_float("trajectory", trajectory, cast=False)
         ndim = len(self.im_size)
