@@ -272,11 +272,18 @@ class RadialMRITask(Task):
         _check_int("n_coils", self.n_coils, minimum=1)
         _check_number("acceleration", self.acceleration, positive=True, finite=True)
 
-    def _physics(self, spatial, device, generator):
-        from .physics import NufftMRI, radial_trajectory, spokes_for_acceleration
+    def _trajectory(self, size, generator, frames: int | None = None) -> torch.Tensor:
+        # the radial recipe of every MRI task: spokes for the acceleration on the (H, W) plane, readout
+        # oversampled twice, golden angle (continued over ``frames``), randomly rotated with a generator
+        from .physics import radial_trajectory, spokes_for_acceleration
 
-        side = max(spatial)
-        trajectory = _rotate(radial_trajectory(spokes_for_acceleration(spatial, self.acceleration), 2 * side), generator)
+        spokes = spokes_for_acceleration(size, self.acceleration)
+        return _rotate(radial_trajectory(spokes, 2 * max(size), frames=frames), generator)
+
+    def _physics(self, spatial, device, generator):
+        from .physics import NufftMRI
+
+        trajectory = self._trajectory(spatial, generator)
         coils = _coil_maps(self.n_coils, spatial, generator)
         # normalize=False: the shipped weights were trained on the unnormalised operator (API.md, "Physics normalisation")
         return NufftMRI(trajectory, spatial, coil_maps=coils, device=device, normalize=False)
@@ -299,12 +306,10 @@ class DynamicMRITask(RadialMRITask):
         _check_int("frames", self.frames, minimum=1)
 
     def _physics(self, spatial, device, generator):
-        from .physics import NufftMRI, radial_trajectory, spokes_for_acceleration
+        from .physics import NufftMRI
 
         frames, height, width = spatial
-        side = max(height, width)
-        spokes = spokes_for_acceleration((height, width), self.acceleration)
-        trajectory = _rotate(radial_trajectory(spokes, 2 * side, frames=frames), generator)
+        trajectory = self._trajectory((height, width), generator, frames=frames)
         coils = _coil_maps(self.n_coils, (height, width), generator)
         return NufftMRI(trajectory, (height, width), coil_maps=coils, device=device, normalize=False)
 
@@ -333,11 +338,10 @@ class StackOfStarsMRITask(RadialMRITask):
         _check_int("depth", self.depth, minimum=1)
 
     def _physics(self, spatial, device, generator):
-        from .physics import NufftMRI, radial_trajectory, spokes_for_acceleration
+        from .physics import NufftMRI
 
         depth, height, width = spatial
-        spokes = spokes_for_acceleration((height, width), self.acceleration)
-        in_plane = _rotate(radial_trajectory(spokes, 2 * max(height, width), frames=depth), generator)
+        in_plane = self._trajectory((height, width), generator, frames=depth)
         kz = 2 * math.pi * (torch.arange(depth, dtype=torch.float32) - depth // 2) / depth
         kz = kz[:, None, None].expand(depth, 1, in_plane.shape[-1])
         trajectory = torch.cat([kz, in_plane], dim=1).permute(1, 0, 2).reshape(3, -1)

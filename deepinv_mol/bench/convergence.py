@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .report import TASKS, bench_problem, load_models, per_sample_norm, progress_bar, write_json
+from .report import TASKS, _seed, bench_problem, load_models, per_sample_norm, progress_bar, write_json
 from ..guarantees import equation_residual
 
 __all__ = ["MOL_MODELS", "mol_variant", "run_recorded", "bench_convergence",
@@ -230,12 +230,6 @@ def bench_convergence(
     if figure_path is not None:
         plot_convergence(curves, figure_path)
     return rows
-
-
-def _seed(*values: int) -> int:
-    from ..training import mix_seed
-
-    return mix_seed(*values)
 
 
 def plot_convergence(curves: list, path) -> None:

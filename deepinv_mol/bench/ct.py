@@ -9,23 +9,13 @@ Reproduce (CPU)::
 from __future__ import annotations
 
 import math
-import statistics
-import time
 import warnings
 
 import torch
 
+from .report import _median_seconds
+
 __all__ = ["bench_ct_vs_tomography", "tomography_consistency"]
-
-
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up: builds ASTRA projectors / autograd adjoint graphs, caches
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _shepp_logan_batch(img_size: int, batch: int) -> torch.Tensor:
@@ -81,8 +71,8 @@ def bench_ct_vs_tomography(
     for name, physics in operators.items():
         with torch.no_grad():
             y = physics.A(x)
-            t_fwd = _timed(lambda: physics.A(x), repeats)
-            t_adj = _timed(lambda: physics.A_adjoint(y), repeats)
+            t_fwd = _median_seconds(lambda: physics.A(x), repeats, warmup=1)
+            t_adj = _median_seconds(lambda: physics.A_adjoint(y), repeats, warmup=1)
         adjointness = float(physics.adjointness_test(x[:1]))
         rows.append(
             dict(

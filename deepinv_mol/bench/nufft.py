@@ -9,23 +9,13 @@ sample (and an FFT each way on the :math:`2N` oversampled grid). Reproduce with
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
+from .report import _median_seconds
+
 __all__ = ["bench_normal_operator"]
-
-
-def _median_seconds(fn, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_normal_operator(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +117,30 @@ def machine() -> dict:
         "deepinv": deepinv.__version__,
         "deepinv_mol": __version__,
     }
+
+
+def _median_seconds(fn, repeats: int, warmup: int = 0) -> float:
+    r"""The benchmarks' timer: ``fn()`` run ``warmup`` times untimed, then ``repeats`` times; the median seconds.
+
+    >>> _median_seconds(lambda: None, 3, warmup=1) >= 0
+    True
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def _seed(*values: int) -> int:
+    r"""The benchmarks' per-draw seed: :func:`deepinv_mol.training.mix_seed` of ``values`` (imported on call,
+    so that importing a benchmark stays light); kept so that published tables keep their numbers."""
+    from ..training import mix_seed
+
+    return mix_seed(*values)
 
 
 def write_json(path, benchmark: str, settings: dict, rows: list, **extra) -> dict:

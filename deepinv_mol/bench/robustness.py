@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from .report import TASKS, bench_problem, load_models, per_sample_norm, progress_bar, write_json
+from .report import TASKS, _seed, bench_problem, load_models, per_sample_norm, progress_bar, write_json
 
 __all__ = ["ROBUSTNESS_MODELS", "random_amplification", "bench_robustness", "plot_robustness"]
 
@@ -176,12 +176,6 @@ def bench_robustness(
     if figure_path is not None:
         plot_robustness(rows, figure_path)
     return rows
-
-
-def _seed(*values: int) -> int:
-    from ..training import mix_seed
-
-    return mix_seed(*values)
 
 
 def plot_robustness(rows: list, path) -> None:

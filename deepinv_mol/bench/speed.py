@@ -20,12 +20,11 @@ Timings depend on the machine and its load: the JSON names the machine; tests ch
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
-from .report import TASKS, bench_problem, load_models, progress_bar, write_json
+from .report import TASKS, _median_seconds, bench_problem, load_models, progress_bar, write_json
 
 __all__ = ["SPEED_MODELS", "PartTimer", "bench_speed", "plot_speed"]
 
@@ -96,15 +95,6 @@ def _restore(patched):
             object.__delattr__(obj, attr)
         else:
             object.__setattr__(obj, attr, own)
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(max(1, int(repeats))):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 @torch.no_grad()
@@ -234,7 +224,7 @@ def bench_speed(
                 for part, fn in ops.items():
                     fn()  # warm-up
                     rows.append({"kind": "operator", "task": task_name, "part": part, "image_size": problem.image_size,
-                                 "seconds_per_call": _median_seconds(fn, repeats)})
+                                 "seconds_per_call": _median_seconds(fn, max(1, int(repeats)))})
                 bar.update(1)
     bar.close()
     if json_path is not None:

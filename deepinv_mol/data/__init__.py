@@ -50,32 +50,7 @@ from .sources import (
     slab_layout,
 )
 
-__all__ = [
-    "SPLITS",
-    "EMBEDDED_FILE",
-    "HEAD_CT_PATH",
-    "MU_WATER_PER_MM",
-    "HU_MAX",
-    "HEAD_CT_CYCLE",
-    "SliceStack",
-    "slab_layout",
-    "load_embedded",
-    "embedded_provenance",
-    "read_inv3",
-    "head_ct_available",
-    "hounsfield_to_attenuation",
-    "load_head_ct",
-    "load_image_stack",
-    "deepinv_dataset",
-    "item_generator",
-    "crop_window",
-    "smooth_random_phase",
-    "add_phase",
-    "smooth_motion",
-    "resize_images",
-    "GroundTruthDataset",
-    "image_of",
-    "SliceDataset",
-    "MotionDataset",
-    "VolumeDataset",
-]
+from . import datasets, simulation, sources
+
+# every public name of the three modules, declared once in its own module
+__all__ = [*sources.__all__, *simulation.__all__, *datasets.__all__]

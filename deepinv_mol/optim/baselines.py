@@ -159,7 +159,23 @@ class MoDLBaseline(MoDL):
         return out
 
 
-class AdjointReconstruction(Reconstructor):
+class _DirectReconstruction(Reconstructor):
+    r"""A direct (non-iterative) reconstruction without constructor arguments: the ``stats`` before any call
+    and the empty ``get_config`` of :class:`AdjointReconstruction` and :class:`FBPReconstruction`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: dict = {"iterations": None, "converged": None}
+
+    def get_config(self) -> dict:
+        r"""Constructor keyword arguments (none).
+
+        :return: ``{}``.
+        """
+        return {}
+
+
+class AdjointReconstruction(_DirectReconstruction):
     r"""The no-learning image: :math:`A^H y` (zero-filled NUFFT adjoint / unfiltered back-projection), brought to
     the units of the image by the one scalar that best fits the measurements,
 
@@ -183,17 +199,6 @@ class AdjointReconstruction(Reconstructor):
     >>> model(physics(torch.rand(1, 1, 8, 8)), physics).shape, model.stats, model.get_config()
     (torch.Size([1, 1, 8, 8]), {'iterations': None, 'converged': True}, {})
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stats: dict = {"iterations": None, "converged": None}
-
-    def get_config(self) -> dict:
-        r"""Constructor keyword arguments (none).
-
-        :return: ``{}``.
-        """
-        return {}
 
     def forward(self, y: Tensor, physics: LinearPhysics, **kwargs) -> Tensor:
         r"""Return :math:`c\,A^H y`.
@@ -292,22 +297,11 @@ class CGReconstruction(Reconstructor):
         return x
 
 
-class FBPReconstruction(Reconstructor):
+class FBPReconstruction(_DirectReconstruction):
     r"""Filtered back-projection (CT): ``physics.A_dagger(y, fbp=True)`` of :class:`deepinv_mol.physics.AstraCT`.
 
     After a call, ``stats = {"iterations": None, "converged": True}`` (direct method, nothing iterated).
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stats: dict = {"iterations": None, "converged": None}
-
-    def get_config(self) -> dict:
-        r"""Constructor keyword arguments (none).
-
-        :return: ``{}``.
-        """
-        return {}
 
     def forward(self, y: Tensor, physics: LinearPhysics, **kwargs) -> Tensor:
         r"""Return the FBP image.

@@ -12,20 +12,12 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from ._utils import spatial_size
+
 __all__ = ["birdcage_maps", "estimate_coil_maps"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mri import NufftMRI
-
-
-def _spatial_size(img_size) -> tuple[int, ...]:
-    size = tuple(img_size) if isinstance(img_size, (tuple, list, torch.Size)) else None
-    if size is None or len(size) not in (2, 3):
-        raise ValueError(f"img_size must be (H, W) or (D, H, W), got {img_size!r}")
-    for n in size:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"img_size entries must be positive ints, got {img_size!r}")
-    return size
 
 
 def birdcage_maps(
@@ -71,7 +63,7 @@ def birdcage_maps(
     """
     if isinstance(n_coils, bool) or not isinstance(n_coils, int) or n_coils < 1:
         raise ValueError(f"n_coils must be a positive int, got {n_coils!r}")
-    size = _spatial_size(img_size)
+    size = spatial_size(img_size)
     if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius > 0):
         raise ValueError(f"radius must be a positive number, got {radius!r}")
     if not dtype.is_complex:
@@ -172,7 +164,7 @@ def estimate_coil_maps(
     elif isinstance(physics_or_trajectory, torch.Tensor):
         if img_size is None:
             raise ValueError("img_size is required when a trajectory (not a NufftMRI) is given")
-        trajectory, im_size, density = physics_or_trajectory, _spatial_size(img_size), None
+        trajectory, im_size, density = physics_or_trajectory, spatial_size(img_size), None
     else:
         raise TypeError(
             "physics_or_trajectory must be a NufftMRI or a trajectory tensor, "

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics, NoiseModel
 
-from ._utils import is_functorch_wrapped, refuse_if_too_large
+from ._utils import is_functorch_wrapped, linear_map_function, power_iteration, refuse_if_too_large
 
 __all__ = ["AstraCT"]
 
@@ -290,34 +290,15 @@ class _Engine3D:
         self.close()
 
 
-class _Project(torch.autograd.Function):
-    r"""Forward or back projection, a new-style autograd Function (``torch.func`` ready): the backward
-    of one is the other (the matched adjoint), the forward-mode derivative of a linear map is the map,
-    and ``vmap`` folds the mapped dimension into the batch."""
-
-    @staticmethod
-    def forward(x, physics, adjoint):
-        return physics._project(x, adjoint)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.physics, ctx.adjoint = inputs[1], inputs[2]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _Project.apply(grad, ctx.physics, not ctx.adjoint), None, None
-
-    @staticmethod
-    def jvp(ctx, tangent, _physics, _adjoint):
-        return _Project.apply(tangent, ctx.physics, ctx.adjoint)
-
-    @staticmethod
-    def vmap(info, in_dims, x, physics, adjoint):
-        if in_dims[0] is None:
-            return _Project.apply(x, physics, adjoint), None
-        x = x.movedim(in_dims[0], 0)
-        out = _Project.apply(x.reshape((-1,) + x.shape[2:]), physics, adjoint)
-        return out.reshape(x.shape[:2] + out.shape[1:]), 0
+_Project = linear_map_function(
+    "_Project",
+    r"""Forward (``mode=False``) or back projection (``mode=True``, the adjoint), a new-style autograd Function
+    (``torch.func`` ready): the backward of one is the other (the matched adjoint), the forward-mode derivative
+    of a linear map is the map, and ``vmap`` folds the mapped dimension into the batch.""",
+    run=lambda x, physics, adjoint: physics._project(x, adjoint),
+    adjoint_mode=lambda adjoint: not adjoint,
+    fold_vmap=True,
+)
 
 
 class AstraCT(LinearPhysics):
@@ -591,17 +572,14 @@ class AstraCT(LinearPhysics):
         if not self.normalize or self.angles.device.type == "meta":
             return
         x = torch.randn((1, 1) + self.image_shape, generator=torch.Generator().manual_seed(0))
-        lam = None
+
+        def step(x):
+            x = x / x.norm()
+            z = self._run_astra(self._run_astra(x, "forward"), "adjoint")
+            return z, float((x * z).sum())
+
         with torch.no_grad():
-            for _ in range(100):
-                x = x / x.norm()
-                z = self._run_astra(self._run_astra(x, "forward"), "adjoint")
-                new = float((x * z).sum())
-                x = z
-                if lam is not None and abs(new - lam) <= 1e-6 * abs(new):
-                    lam = new
-                    break
-                lam = new
+            lam = power_iteration(step, x)
         if not lam > 0:
             raise ValueError("AstraCT: the projector is zero for this geometry (no ray meets the image)")
         self.operator_norm = torch.tensor(math.sqrt(lam), dtype=torch.float64, device=self.angles.device)

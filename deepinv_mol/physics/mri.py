@@ -9,7 +9,7 @@ import warnings
 import torch
 from deepinv.physics import LinearPhysics, NoiseModel
 
-from ._utils import is_functorch_wrapped, refuse_if_too_large
+from ._utils import is_functorch_wrapped, linear_map_function, power_iteration, refuse_if_too_large, spatial_size
 
 __all__ = ["NufftMRI"]
 
@@ -51,37 +51,17 @@ _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _PI_TOLERANCE = 4 * torch.finfo(torch.float32).eps * math.pi
 
 
-class _NufftOp(torch.autograd.Function):
-    r"""One of :math:`A`, :math:`A^H`, :math:`A^H A` of a :class:`NufftMRI`, as a new-style autograd
-    Function (``torch.func`` ready): the backward of :math:`A` is :math:`A^H` and vice versa, and
-    :math:`A^H A` is self-adjoint; the forward-mode derivative of a linear map is the map itself.
-    torchkbnufft's own (old-style) Functions run inside :meth:`forward` only."""
-
-    _ADJOINT = {"A": "AH", "AH": "A", "AHA": "AHA"}
-
-    @staticmethod
-    def forward(t, physics, mode):
-        return physics._apply_raw(t, mode)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.physics, ctx.mode = inputs[1], inputs[2]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _NufftOp.apply(grad, ctx.physics, _NufftOp._ADJOINT[ctx.mode]), None, None
-
-    @staticmethod
-    def jvp(ctx, tangent, _physics, _mode):
-        return _NufftOp.apply(tangent, ctx.physics, ctx.mode)
-
-    @staticmethod
-    def vmap(info, in_dims, t, physics, mode):
-        if in_dims[0] is None:
-            return _NufftOp.apply(t, physics, mode), None
-        # one call per mapped slice: per-batch coil maps forbid folding the mapped dim into the batch
-        parts = [_NufftOp.apply(u, physics, mode) for u in t.unbind(in_dims[0])]
-        return torch.stack(parts), 0
+_NufftOp = linear_map_function(
+    "_NufftOp",
+    r"""One of :math:`A`, :math:`A^H`, :math:`A^H A` (mode ``"A"``, ``"AH"``, ``"AHA"``) of a :class:`NufftMRI`,
+    as a new-style autograd Function (``torch.func`` ready): the backward of :math:`A` is :math:`A^H` and vice
+    versa, and :math:`A^H A` is self-adjoint; the forward-mode derivative of a linear map is the map itself.
+    torchkbnufft's own (old-style) Functions run inside the forward only. Under ``vmap``, one call per mapped
+    slice: per-batch coil maps forbid folding the mapped dimension into the batch.""",
+    run=lambda t, physics, mode: physics._apply_raw(t, mode),
+    adjoint_mode={"A": "AH", "AH": "A", "AHA": "AHA"}.__getitem__,
+    fold_vmap=False,
+)
 
 
 class NufftMRI(LinearPhysics):
@@ -192,7 +172,7 @@ class NufftMRI(LinearPhysics):
         dtype: torch.dtype = torch.float32,
         **kwargs,
     ):
-        im_size = self._check_img_size(img_size)
+        im_size = spatial_size(img_size, minimum=2)
         if not isinstance(toeplitz, bool):
             raise TypeError(f"toeplitz must be a bool, got {type(toeplitz).__name__}")
         if not isinstance(normalize, bool):
@@ -301,32 +281,19 @@ class NufftMRI(LinearPhysics):
         x = torch.randn((batch,) + self.img_size, generator=generator, dtype=self._dtype).to(self.trajectory.device)
         # the Toeplitz normal operator even when toeplitz=False: ~100x cheaper than the NUFFT pair
         kernel = self.toeplitz_kernel if self.toeplitz_kernel is not None else self._compute_toeplitz_kernel()
+
+        def step(x):
+            x = x / x.flatten(1).norm(dim=1).clamp_min(1e-30).reshape((-1,) + (1,) * (x.ndim - 1))
+            z = self._apply_raw(x, "AHA", kernel=kernel)
+            return z, (x * z).flatten(1).sum(1).max().item()  # Rayleigh quotient (largest item), x of unit norm
+
         with torch.no_grad():
-            lam = None
-            for _ in range(100):
-                x = x / x.flatten(1).norm(dim=1).clamp_min(1e-30).reshape((-1,) + (1,) * (x.ndim - 1))
-                z = self._apply_raw(x, "AHA", kernel=kernel)
-                new = (x * z).flatten(1).sum(1).max().item()  # Rayleigh quotient, x of unit norm
-                x = z
-                if lam is not None and abs(new - lam) <= 1e-6 * abs(new):
-                    lam = new
-                    break
-                lam = new
+            lam = power_iteration(step, x)
         if not lam > 0:
             raise ValueError("NufftMRI has a zero operator (all-zero coil maps?): cannot normalise it")
         self.operator_norm = torch.tensor(math.sqrt(lam), dtype=torch.float64, device=self.trajectory.device)
 
     # ------------------------------------------------------------------ validation
-    @staticmethod
-    def _check_img_size(img_size) -> tuple[int, ...]:
-        size = tuple(img_size) if isinstance(img_size, (tuple, list, torch.Size)) else None
-        if size is None or len(size) not in (2, 3):
-            raise ValueError(f"img_size must be (H, W) or (D, H, W), got {img_size!r}")
-        for n in size:
-            if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-                raise ValueError(f"img_size entries must be ints >= 2, got {img_size!r}")
-        return size
-
     def _check_trajectory(self, trajectory) -> torch.Tensor:
         traj = _as_real_float("trajectory", trajectory, cast=False)
         ndim = len(self.im_size)
