@@ -35,6 +35,7 @@ step) and leaves the last checkpoint in place.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 
 from .data import crop_window, image_of, item_generator
+from .pretrained import write_atomic
 
 __all__ = [
     "BEST",
@@ -211,21 +213,15 @@ def stream_batch(
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    r"""``torch.save`` to a temporary file in the same folder, then ``os.replace``: a crash leaves the old file.
+    r"""``torch.save`` to memory, then :func:`deepinv_mol.pretrained.write_atomic` (a temporary file in the
+    same folder and ``os.replace``): a crash leaves the old file.
 
     :param obj: what to save (plain data: tensors, numbers, strings, lists, dicts).
     :param str path: destination.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def _rng_state() -> dict:
@@ -583,7 +579,7 @@ class StepTrainer:
         if self.rank != 0 or self.out_dir is None:
             return
         history = self.history()
-        _atomic_write_text(json.dumps(history), self.out_dir / HISTORY)
+        write_atomic(self.out_dir / HISTORY, json.dumps(history).encode())
         plot_curves(history, self.out_dir / CURVES)
 
 
@@ -607,11 +603,10 @@ def plot_curves(history: dict, path: str | Path) -> None:
         ax2.plot(s, v, "o-")
     ax2.set(xlabel="step", ylabel="PSNR (dB)", title="validation PSNR")
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 # -------------------------------------------------------------------------------------------------------------

@@ -106,8 +106,11 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
     atomic_save({"a": torch.ones(2)}, path)
 
     def broken_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        if hasattr(f, "write"):
+            f.write(b"partial")
+        else:
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
