@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from deepinv_mol.optim.data_consistency import regularised_solve, start_image
-from deepinv_mol.optim.mol import cg_start
 
 SHAPE = (1, 4, 5)  # image shape per item: n = 20 unknowns
 N = 20
@@ -163,7 +162,6 @@ def test_start_image_solves_tikhonov_least_squares():
     # a caller's A^H y is used as is (no second adjoint)
     fake = torch.zeros_like(x)
     assert torch.equal(start_image(y, physics, max_iter=0, aty=fake), fake)
-    assert torch.equal(cg_start(y, physics, 7, 0.1), start_image(y, physics, eps=0.1, max_iter=7))
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from deepinv.physics import LinearPhysics
 from ..equilibrium import BackwardConfig, EquilibriumStats, SolverStats, equilibrium
 from .data_consistency import regularised_solve, start_image
 
-__all__ = ["MOL", "DataConsistencyConfig", "cg_start"]
+__all__ = ["MOL", "DataConsistencyConfig"]
 
 _DEFAULT_ANDERSON = 5
 _LEGACY = ("cg_iter", "cg_tol", "backward_cg_iter", "backward_cg_tol", "backward_tol", "backward_max_iter",
@@ -79,19 +79,6 @@ def _anderson_size(anderson) -> int:
 
 def _inv_softplus(v: float) -> float:
     return v + math.log(-math.expm1(-v))
-
-
-def cg_start(y: Tensor, physics: LinearPhysics, max_iter: int = 20, eps: float = 1e-2) -> Tensor:
-    r"""Deprecated alias of :func:`deepinv_mol.optim.data_consistency.start_image` (old argument order
-    ``max_iter, eps``), kept until every caller has moved.
-
-    :param torch.Tensor y: measurements.
-    :param deepinv.physics.LinearPhysics physics: forward operator.
-    :param int max_iter: CG iterations.
-    :param float eps: Tikhonov weight :math:`\epsilon` (absolute).
-    :return: the starting image, shaped like :math:`A^Hy`.
-    """
-    return start_image(y, physics, eps=eps, max_iter=max_iter)
 
 
 class MOL(Reconstructor):
