@@ -93,8 +93,8 @@ path = dinv.datasets.generate_dataset(
     save_dir=workdir / "data",
     verbose=False,
 )
-train_set = dinv.datasets.HDF5Dataset(path, train=True)
-test_set = dinv.datasets.HDF5Dataset(path, train=False)
+train_set = dinv.datasets.HDF5Dataset(path, train=True, use_dict_output=True)
+test_set = dinv.datasets.HDF5Dataset(path, train=False, use_dict_output=True)
 train_loader = torch.utils.data.DataLoader(train_set, batch_size=2, shuffle=True,
                                            generator=torch.Generator().manual_seed(0))
 test_loader = torch.utils.data.DataLoader(test_set, batch_size=4)
@@ -226,7 +226,7 @@ for name, r in results.items():
 # <sphx_glr_auto_examples_demo_guarantees.py>`.
 
 mol = models["MOL"].eval()
-x_test, y_test = (torch.stack(t) for t in zip(*(test_set[i] for i in range(len(test_set)))))
+x_test, y_test = (torch.stack([test_set[i][k] for i in range(len(test_set))]) for k in "xy")
 with torch.no_grad():
     x_mol = mol(y_test, physics)
 print({k: mol.stats[k] for k in ("iterations", "equation_residual", "converged")})
