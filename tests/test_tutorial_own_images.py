@@ -38,10 +38,10 @@ def _cnn():
 def _models(weight):
     # the tutorial's three models, smaller
     return {
-        "MOL": MOL(denoiser=_cnn(), lambda_=weight, max_iter=30, tol=1e-3, warn=False,
-                   backward=dict(tol=1e-4), data_consistency=dict(backward_tol=1e-4)),
-        "MoDL": MoDLBaseline(denoiser=_cnn(), num_iter=3, stepsize=weight),
-        "LUSER": LUSER(num_iter=2, channels=2, regularizer_kwargs=dict(width=4)),
+        "MOL": MOL(denoiser=_cnn(), lambda_=weight, max_iter=20, tol=1e-3, warn=False, init_cg_iter=5,
+                   backward=dict(tol=1e-3, max_iter=10), data_consistency=dict(backward_tol=1e-3, backward_max_iter=20)),
+        "MoDL": MoDLBaseline(denoiser=_cnn(), num_iter=2, stepsize=weight, init_max_iter=5),
+        "LUSER": LUSER(num_iter=2, channels=2, init_max_iter=5, regularizer_kwargs=dict(width=4)),
     }
 
 
@@ -57,7 +57,7 @@ def pipeline(tmp_path_factory):
     work = tmp_path_factory.mktemp("own_images")
     task = get_task("mri-radial-4x", n_coils=2)  # 2 coils: the tutorial's 8 cost 4x the time
     train_images = resize_images(load_embedded("train").images[::18], (SIZE, SIZE))  # 4 images
-    test_images = resize_images(load_embedded("test").images[::8], (SIZE, SIZE))  # 4 images
+    test_images = resize_images(load_embedded("test").images[::16], (SIZE, SIZE))  # 2 images
     physics = task.build_physics((2, SIZE, SIZE))
     path = dinv.datasets.generate_dataset(
         train_dataset=task.dataset_from(train_images, seed=0), test_dataset=task.dataset_from(test_images, seed=1),
