@@ -87,7 +87,7 @@ def pipeline(tmp_path_factory):
     results = {}
     for name, model in models.items():
         results[name] = dinv.test(model, test_loader, physics, metrics=metrics, device="cpu", verbose=False,
-                                  show_progress_bar=False)
+                                  show_progress_bar=False, non_blocking_transfers=False)
         if name == "MOL":
             results[name]["stats"] = dict(model.stats)
     return dict(task=task, physics=physics, work=work, models=models, before=before, after=after, results=results,

@@ -198,7 +198,8 @@ results = {}
 for name, model in models.items():
     start = time.perf_counter()
     results[name] = dinv.test(model, test_loader, physics, metrics=metrics, device="cpu",
-                              no_learning_method=CGReconstruction(), verbose=False, show_progress_bar=False)
+                              no_learning_method=CGReconstruction(), non_blocking_transfers=False,
+                              verbose=False, show_progress_bar=False)
     results[name]["seconds"] = time.perf_counter() - start
 reference = {"PSNR": results["MOL"]["PSNR no learning"], "SSIM": results["MOL"]["SSIM no learning"]}
 
