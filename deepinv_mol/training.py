@@ -74,9 +74,10 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-#: training augmentation of ``deepinv-mol train`` when none is given (decided by the generalisation study, see
-#: ``scripts/train_pretrained.sh``)
-DEFAULT_AUGMENT = False
+#: training augmentation of ``deepinv-mol train`` when none is given: on (:class:`deepinv_mol.data.augment.Augmentation`
+#: defaults). Generalisation study (MoDL, mri-radial-4x, 30 steps of 48² crops, batch 2, scale-equivariant): on 3 held-out
+#: T1 slices of another subject 26.65 dB with it, 22.43 dB without (validation 31.20 / 27.16 dB)
+DEFAULT_AUGMENT = True
 BEST = "best.pt"
 FINAL = "final.pt"
 HISTORY = "history.json"
