@@ -209,7 +209,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     task = _task(args.task)
     _check_learned(args.model)
-    config = default_config(args.model, task.channels, task.data_weight)
+    from .optim.scaling import TASK_SCALE_REFERENCE
+
+    config = default_config(args.model, task.channels, task.data_weight, TASK_SCALE_REFERENCE.get(task.name, 1.0))
+    config[next(k for k in ("mol", "modl", "luser") if k in config)]["scale_equivariant"] = args.scale_equivariant == "on"
     for key, value in (("width", args.width), ("depth", args.depth), ("activation", args.activation)):
         if value is not None:
             if "cnn" not in config:
@@ -243,6 +246,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             stop_after=args.stop_after,
             config=config,
             progress=not args.quiet,
+            augment=args.augment,
         )
     except (CheckpointError, NonFiniteLossError) as err:  # the run's state, not a bug: one line, exit 2
         raise CLIError(str(err)) from err
@@ -432,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--iters", type=_positive, default=None, help="MOL max_iter / MoDL, LUSER num_iter")
     t.add_argument("--export", default=None, help="when finished (or stopped by --stop-after), copy best weights + manifest entry here")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--augment", choices=("on", "off"), default=None,
+                   help="training augmentation: flips, 90-degree rotations, intensity, MRI global phase "
+                        "(default: deepinv_mol.training.DEFAULT_AUGMENT)")
+    t.add_argument("--scale-equivariant", choices=("on", "off"), default="on",
+                   help="the model reconstructs s G(y/s) with the measurements' intensity scale s (default on)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate models on images: table + JSON")

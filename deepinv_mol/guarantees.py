@@ -48,6 +48,22 @@ The facts certified by :func:`certify` (derived here, not taken on trust):
    :math:`\|x - x^\star\| \le` ``equation_residual`` :math:`\cdot \|x\|/m`. The stopping tolerance of the
    iteration (a bound on the last *increment*) is not such a bound: it can be far smaller than the distance
    (see ``docs/theory.rst``).
+6. **What a scale-equivariant model computes.** With ``scale_equivariant=True`` the model returns
+   :math:`x(y) = s(y)\,G(y/s(y))`, :math:`G` the fixed-point map above (facts 1-5 hold for :math:`G`) and
+   :math:`s` the intensity scale of :func:`deepinv_mol.optim.scaling.measurement_scale`, Lipschitz with constant
+   :math:`L_s` (:func:`deepinv_mol.optim.scaling.scale_lipschitz`). For any :math:`y_1` and :math:`y = y_2`,
+   :math:`s_i = s(y_i)`:
+   :math:`x_1 - x_2 = s_1[G(y_1/s_1) - G(y_2/s_2)] + (s_1 - s_2)G(y_2/s_2)` and
+   :math:`y_1/s_1 - y_2/s_2 = (y_1 - y_2)/s_1 + y_2(s_2 - s_1)/(s_1s_2)`, so with :math:`R = \mathrm{Lip}(G)`
+   (fact 4) the factor :math:`s_1` cancels and
+
+   .. math::
+
+       \|x(y + \delta) - x(y)\| \le \Big(R + L_s\,\frac{R\|y\| + \|x(y)\|}{s(y)}\Big)\|\delta\|
+
+   for every perturbation :math:`\delta` (any size), with quantities known at :math:`y`
+   (:func:`model_robustness_bound`). :math:`\|y\|/s(y)` and :math:`\|x(y)\|/s(y)` do not change with the intensity
+   of :math:`y`: the bound is as scale-free as the model.
 """
 
 from __future__ import annotations
@@ -71,6 +87,7 @@ __all__ = [
     "equation_residual",
     "WorstCasePerturbation",
     "worst_case_perturbation",
+    "model_robustness_bound",
 ]
 
 
@@ -253,6 +270,12 @@ class GuaranteeReport:
         reconstruction (when ``certify`` was given ``y``), else ``None``.
     :param fixed_point_distance: certified :math:`\max_i \|x_i - x_i^\star\|/\|x_i\| \le`
         ``equation_residual`` :math:`/m` (when both are known), else ``None``.
+    :param bool scale_equivariant: the model computes :math:`s(y)\,G(y/s(y))` (fact 6); ``robustness_bound`` is then
+        the bound of :math:`G`, on the normalised measurements.
+    :param scale_lipschitz: :math:`L_s` (scale-equivariant models, when the image size is known), else ``None``.
+    :param model_robustness_bound: the bound of :math:`\|\delta x\|/\|\delta b\|` for what the model computes:
+        ``robustness_bound`` without scale equivariance; with it, fact 6 at the given ``y`` (largest over the batch),
+        ``None`` without ``y``.
     """
 
     lipschitz_bound: float | None
@@ -268,6 +291,9 @@ class GuaranteeReport:
     mode: str = "eval"
     equation_residual: float | None = None
     fixed_point_distance: float | None = None
+    scale_equivariant: bool = False
+    scale_lipschitz: float | None = None
+    model_robustness_bound: float | None = None
 
     def to_dict(self) -> dict:
         r"""Plain dictionary (JSON-serialisable)."""
@@ -285,7 +311,11 @@ class GuaranteeReport:
             f"  alpha, lambda               : {self.alpha:.6g}, {self.lambda_:.6g}",
             f"  alpha in (0, 1]             : {'yes' if self.step_ok else 'no'}",
             f"  contraction factor per step : {fmt(self.contraction)}",
-            f"  robustness ||dx||/||db|| <= : {fmt(self.robustness_bound)}",
+            f"  robustness ||dx||/||db|| <= : {fmt(self.robustness_bound)}"
+            + (" (of G, normalised measurements)" if self.scale_equivariant else ""),
+            f"  scale-equivariant s G(y/s)  : {'yes' if self.scale_equivariant else 'no'}",
+            f"  Lip(s) <=                   : {fmt(self.scale_lipschitz)}",
+            f"  model ||dx||/||db|| <=      : {fmt(self.model_robustness_bound)}",
             f"  equation residual (rel.)    : {fmt(self.equation_residual)}",
             f"  ||x - x*|| / ||x|| <=       : {fmt(self.fixed_point_distance)}",
         ]
@@ -392,9 +422,37 @@ def certify(
     if y is not None:
         if physics is None:
             raise ValueError("certify: y needs physics (the residual F(x) + lambda A^H(Ax - y) uses A)")
-        residual = equation_residual(model, physics, y, x_hat)
+        if x_hat is None:
+            with torch.no_grad():
+                x_hat = model(y, physics)
+            reported = getattr(model, "stats", None)
+            reported = reported.get("equation_residual") if isinstance(reported, dict) else None
+            residual = float(reported) if reported is not None else equation_residual(model, physics, y, x_hat)
+        else:
+            residual = equation_residual(model, physics, y, x_hat)
         if margin is not None:
             distance = residual / margin
+    scale_eq = bool(getattr(model, "scale_equivariant", False))
+    scale_lip = model_bound = None
+    if scale_eq:
+        ref = x_hat if x_hat is not None else x
+        shape = tuple(ref.shape) if isinstance(ref, torch.Tensor) else (tuple(ref) if ref is not None else None)
+        if shape is not None:
+            scale_lip = _scale_lipschitz(model, math.prod(shape[2:]), op_norm)
+        if robust is not None and y is not None:
+            model_bound = model_robustness_bound(model, physics, y, x_hat=x_hat, fixed_point_bound=robust, op_norm=op_norm)
+            reasons.append(
+                f"the model is scale-equivariant, x(y) = s(y) G(y/s(y)): robustness_bound ({robust:.6g}) is that of G on "
+                f"the normalised measurements; what the model computes is bounded at this y by R + L_s (R||y|| + "
+                f"||x||)/s = {model_bound:.6g} (L_s = {scale_lip:.3g}, for the exact Tikhonov start image; fact 6)"
+            )
+        elif robust is not None:
+            reasons.append(
+                "the model is scale-equivariant, x(y) = s(y) G(y/s(y)): robustness_bound is that of G on the normalised "
+                "measurements; pass y to certify for the bound of what the model computes (fact 6)"
+            )
+    elif robust is not None:
+        model_bound = robust
     if monotone:
         if distance is not None:
             reasons.append(
@@ -425,7 +483,69 @@ def certify(
         mode=mode,
         equation_residual=residual,
         fixed_point_distance=distance,
+        scale_equivariant=scale_eq,
+        scale_lipschitz=scale_lip,
+        model_robustness_bound=model_bound,
     )
+
+
+def _scale_lipschitz(model, n_pixels: int, op_norm: float | None) -> float:
+    from .optim.scaling import scale_lipschitz
+
+    return scale_lipschitz(n_pixels, eps=float(model.init_eps), reference=float(getattr(model, "scale_reference", 1.0)),
+                           op_norm=op_norm)
+
+
+def _fixed_point_bound(model, op_norm: float | None) -> float | None:
+    bound_fn = getattr(getattr(model, "denoiser", None), "lipschitz_bound", None)
+    lip = bound_fn() if callable(bound_fn) else None
+    if lip is None or not lip < 1.0 or not hasattr(model, "lambda_"):
+        return None
+    lam, margin = float(model.lambda_), 1.0 - float(lip)
+    bound = math.sqrt(lam / (4.0 * margin))
+    return bound if op_norm is None else min(bound, lam * op_norm / margin)
+
+
+def _model_scale(model, physics, y: torch.Tensor) -> torch.Tensor:
+    from .optim.scaling import measurement_scale
+
+    start = model.initialise(y, physics) if callable(getattr(model, "initialise", None)) else None
+    return measurement_scale(y, physics, start=start, reference=float(getattr(model, "scale_reference", 1.0)))
+
+
+@torch.no_grad()
+def model_robustness_bound(
+    model: torch.nn.Module,
+    physics: LinearPhysics,
+    y: torch.Tensor,
+    x_hat: torch.Tensor | None = None,
+    fixed_point_bound: float | None = None,
+    op_norm: float | None = None,
+) -> float | None:
+    r"""Bound of :math:`\|x(y + \delta) - x(y)\| / \|\delta\|` (every :math:`\delta`) for what a MOL model computes.
+
+    Without scale equivariance this is the fixed-point bound :math:`R = \min(\lambda\|A\|/m, \sqrt{\lambda/(4m)})`
+    (fact 4). With ``model.scale_equivariant`` it is fact 6 at ``y``,
+    :math:`\max_i R + L_s(R\|y_i\| + \|x_i\|)/s_i`, with :math:`x = x(y)` and :math:`s = s(y)` (the model's scale).
+
+    :param model: a MOL-like model (``denoiser`` with ``lipschitz_bound()``, ``lambda_``, ``init_eps``).
+    :param deepinv.physics.LinearPhysics physics: forward operator.
+    :param torch.Tensor y: measurements ``(B, ...)``.
+    :param torch.Tensor x_hat: ``model(y, physics)`` if already computed.
+    :param float fixed_point_bound: :math:`R` if already computed (else from the certificate, with ``op_norm``).
+    :param float op_norm: :math:`\|A\|` if known (tightens :math:`R` and, for tiny :math:`\|A\|`, :math:`L_s`).
+    :return: the bound, or ``None`` when the network is not certified (no :math:`R`).
+    """
+    bound = _fixed_point_bound(model, op_norm) if fixed_point_bound is None else float(fixed_point_bound)
+    if bound is None or not getattr(model, "scale_equivariant", False):
+        return bound
+    if x_hat is None:
+        x_hat = model(y, physics)
+    scale = _model_scale(model, physics, y).flatten().double()
+    lip_s = _scale_lipschitz(model, math.prod(x_hat.shape[2:]), op_norm)
+    y_norm = _per_sample_norm(y.detach()).double()
+    x_norm = _per_sample_norm(x_hat.detach()).double()
+    return float((bound + lip_s * (bound * y_norm + x_norm) / scale).max())
 
 
 @torch.no_grad()
@@ -451,6 +571,11 @@ def equation_residual(
         reported = getattr(model, "stats", None)
         if isinstance(reported, dict) and reported.get("equation_residual") is not None:
             return float(reported["equation_residual"])
+    if getattr(model, "scale_equivariant", False):  # the equation G solves: normalised image and measurements
+        from .optim.scaling import apply_scale
+
+        scale = _model_scale(model, physics, y)
+        x_hat, y = apply_scale(x_hat, 1 / scale), apply_scale(y, 1 / scale)
     own = getattr(model, "equation_residual", None)
     if callable(own):  # MOL's own, with the normal operator it solves with (physics.A_adjoint_A)
         return float(own(x_hat, y, physics).max())
@@ -467,12 +592,15 @@ class WorstCasePerturbation:
     :param torch.Tensor amplification: per-sample :math:`\|x(y+\delta) - x(y)\|/\|\delta\|` ``(B,)``.
     :param float value: the largest amplification over the batch.
     :param list history: batch-maximal amplification at each ascent step.
+    :param bound: the certified bound of the amplification for what the model computes
+        (:func:`model_robustness_bound` at ``y``; ``None`` for a model without certificate).
     """
 
     delta: torch.Tensor
     amplification: torch.Tensor
     value: float
     history: list
+    bound: float | None = None
 
     def __float__(self) -> float:
         return float(self.value)
@@ -513,7 +641,8 @@ def worst_case_perturbation(
         :math:`2\rho\|x\|/(m\epsilon)` (16 % at ``tol=1e-4`` in one measured case). ``"auto"``:
         :math:`10^{-3}\epsilon/\max_i\|y_i\|` (at least ``1e-10``), so the solver error scales with the
         perturbation; ``None``: use the model as given.
-    :return: :class:`WorstCasePerturbation` (``float(result)`` is the largest amplification).
+    :return: :class:`WorstCasePerturbation` (``float(result)`` is the largest amplification; ``result.bound`` the
+        certified bound of what the model computes, scale equivariance included, for a certified MOL).
     """
     if not isinstance(y, torch.Tensor) or y.ndim < 2:
         raise ValueError("y must be a batched tensor (B, ...)")
@@ -526,7 +655,10 @@ def worst_case_perturbation(
     elif solver_tol is not None and not (solver_tol > 0 and math.isfinite(solver_tol)):
         raise ValueError(f"solver_tol must be 'auto', a positive finite float or None, got {solver_tol!r}")
     with _tighter_solver(model, solver_tol):
-        return _worst_case(model, physics, y, eps, steps, step_size, generator, init)
+        result, x0 = _worst_case(model, physics, y, eps, steps, step_size, generator, init)
+    if hasattr(model, "lambda_") and hasattr(model, "init_eps"):
+        result.bound = model_robustness_bound(model, physics, y.detach(), x_hat=x0)
+    return result
 
 
 @contextmanager
@@ -579,4 +711,4 @@ def _worst_case(model, physics, y, eps, steps, step_size, generator, init) -> Wo
         delta = delta * (eps / _per_sample_norm(delta).clamp_min(1e-30)).clamp(max=1.0).reshape(shape)
     with torch.no_grad():
         record(delta, model(y + delta, physics) - x0)
-    return WorstCasePerturbation(best_delta, best_amp, float(best_amp.max()), history)
+    return WorstCasePerturbation(best_delta, best_amp, float(best_amp.max()), history), x0

@@ -52,6 +52,7 @@ __all__ = [
     "build_model",
     "model_config",
     "complete_config",
+    "complete_scale_options",
     "weights_dir",
     "read_manifest",
     "available_pretrained",
@@ -192,7 +193,7 @@ def complete_config(name: str, config: dict) -> dict:
     return model_config(name, build_model(name, config=config), given=config)
 
 
-def default_config(name: str, channels: int = 2, data_weight: float = 10.0) -> dict:
+def default_config(name: str, channels: int = 2, data_weight: float = 10.0, scale_reference: float = 1.0) -> dict:
     r"""Complete default configuration of a learned model (what ``deepinv-mol train`` builds).
 
     MOL follows the authors' network (5 conv layers 3×3, ReLU, no batch-norm) at width 32 to keep the
@@ -207,6 +208,9 @@ def default_config(name: str, channels: int = 2, data_weight: float = 10.0) -> d
     :param float data_weight: initial data weight: MOL's :math:`\lambda` (with :math:`\alpha = 1`) and
         MoDL's data-step size, so both start from the same data term. It depends on the operator's scale:
         ``deepinv-mol train`` passes the task's :attr:`deepinv_mol.tasks.Task.data_weight`.
+    :param float scale_reference: the models' ``scale_reference`` (the intensity statistic of the training data,
+        :data:`deepinv_mol.optim.scaling.TASK_SCALE_REFERENCE` for the package's tasks); every model is
+        ``scale_equivariant``.
     :return: a JSON-serialisable dict, the ``config`` stored in the manifest.
 
     :Examples:
@@ -231,7 +235,36 @@ def default_config(name: str, channels: int = 2, data_weight: float = 10.0) -> d
         }
     else:
         partial = {"luser": {"num_iter": 5, "channels": int(channels), "regularizer_kwargs": {"width": 32}}}
+    partial[_SECTIONS[name][-1]].update(scale_equivariant=True, scale_reference=float(scale_reference))
     return complete_config(name, partial)
+
+
+def complete_scale_options(name: str, task: str, config: dict) -> dict:
+    r"""A manifest configuration with the intensity-scale options filled in where it predates them: a missing
+    ``scale_equivariant`` becomes ``True`` (the benchmarked default) and a missing ``scale_reference`` the task's
+    :data:`deepinv_mol.optim.scaling.TASK_SCALE_REFERENCE` (the statistic of the data the weights were trained on),
+    so that an old entry loads as the model the package benchmarks. Values present are kept.
+
+    :param str name: one of :data:`LEARNED_MODELS`.
+    :param str task: the task the weights were trained on.
+    :param dict config: the manifest's configuration (not modified).
+    :return: a new configuration dict.
+
+    :Examples:
+
+    >>> from deepinv_mol.pretrained import complete_scale_options
+    >>> complete_scale_options("modl", "ct-sparse-view", {"cnn": {}, "modl": {"num_iter": 10}})["modl"]
+    {'num_iter': 10, 'scale_equivariant': True, 'scale_reference': 0.5}
+    """
+    from .optim.scaling import TASK_SCALE_REFERENCE
+
+    _check_name(name, LEARNED_MODELS)
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    section = dict(config.get(_SECTIONS[name][-1], {}))
+    section.setdefault("scale_equivariant", True)
+    section.setdefault("scale_reference", float(TASK_SCALE_REFERENCE.get(task, 1.0)))
+    config[_SECTIONS[name][-1]] = section
+    return config
 
 
 def build_model(name: str, channels: int = 2, config: dict | None = None) -> Reconstructor:
@@ -470,7 +503,7 @@ def load_pretrained(
     if "sha256" in entry and file_sha256(path) != entry["sha256"]:
         raise ValueError(f"weights file {path} does not match its manifest checksum (corrupted or replaced)")
     state = load_weights(path)
-    model = build_model(name, config=entry["config"])
+    model = build_model(name, config=complete_scale_options(name, task, entry["config"]))
     _load_state(model, state, path)
     return model.to(device).eval()
 

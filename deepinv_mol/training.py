@@ -55,6 +55,7 @@ __all__ = [
     "BEST",
     "CHECKPOINT",
     "CURVES",
+    "DEFAULT_AUGMENT",
     "FINAL",
     "HISTORY",
     "CheckpointError",
@@ -73,6 +74,10 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+#: training augmentation of ``deepinv-mol train`` when none is given: on (:class:`deepinv_mol.data.augment.Augmentation`
+#: defaults). Generalisation study (MoDL, mri-radial-4x, 30 steps of 48² crops, batch 2, scale-equivariant): on 3 held-out
+#: T1 slices of another subject 26.65 dB with it, 22.43 dB without (validation 31.20 / 27.16 dB)
+DEFAULT_AUGMENT = True
 BEST = "best.pt"
 FINAL = "final.pt"
 HISTORY = "history.json"
@@ -670,6 +675,7 @@ def train(
     config: dict | None = None,
     progress: bool = True,
     penalty_weight: float = 1e-4,
+    augment=None,
 ) -> dict:
     r"""Train a learned model on a task (the ``deepinv-mol train`` command), with :class:`StepTrainer`.
 
@@ -699,6 +705,10 @@ def train(
         1e-4): the log-barrier then drives the network's Lipschitz constant to ~0 and MOL to a Tikhonov solve
         (validation PSNR flat at the CG level). At 1e-4 the MSE leads and the barrier still stops the
         constant at the threshold, where its gradient grows as ``weight / (T - L)``.
+    :param augment: training augmentation (:func:`deepinv_mol.data.augment.augmentation_from`: ``True``/``"on"``
+        flips, 90° rotations, log-uniform intensity, random global MRI phase; ``False``/``"off"`` none; a dict of
+        :class:`~deepinv_mol.data.augment.Augmentation` fields); ``None``: :data:`DEFAULT_AUGMENT`. Drawn from each
+        sample's stream generator (resumes bit-identically) and recorded in the run configuration (and the manifest).
     :return: the history dict written to ``history.json`` (plus ``"out"``).
     :raises ValueError: unknown task/model, bad sizes, ``out`` already holding a run without ``resume``.
     :raises CheckpointError: ``resume`` from an unreadable, unsafe or non-finite checkpoint.
@@ -730,6 +740,9 @@ def train(
     if resume and ckpt_path.exists():
         read_checkpoint(ckpt_path)  # a broken checkpoint fails here, before anything heavy
 
+    from .data.augment import augmentation_from
+
+    augmentation = augmentation_from(DEFAULT_AUGMENT if augment is None else augment)
     rank, world, device = init_distributed()
     train_data = task_obj.dataset("train", seed=seed)
     x0 = image_of(train_data[0])
@@ -741,7 +754,10 @@ def train(
     physics = task_obj.build_physics(img_shape, device, None)  # the task's default (deterministic) geometry
 
     if config is None:
-        config = default_config(model, channels, getattr(task_obj, "data_weight", 10.0))
+        from .optim.scaling import TASK_SCALE_REFERENCE
+
+        config = default_config(model, channels, getattr(task_obj, "data_weight", 10.0),
+                                TASK_SCALE_REFERENCE.get(task_obj.name, 1.0))
     torch.manual_seed(seed)
     net = build_model(model, config=config).to(device)
     run_config = {
@@ -755,6 +771,7 @@ def train(
         "eval_every": int(eval_every),
         "optimizer": optimizer,
         "world_size": world,
+        "augment": None if augmentation is None else augmentation.to_dict(),
         "config": config,
         **({"penalty_weight": float(penalty_weight)} if model == "mol-penalty" else {}),
     }
@@ -776,8 +793,14 @@ def train(
         x_val, y_val = validation_set(task_obj, physics, val_images, crop, seed, device)
         validate = _psnr_validator(x_val, y_val, physics, channels == 2)
 
+    simulate = task_obj.simulate
+    if augmentation is not None:
+        def simulate(x, physics, generator):  # augment the ground truth with the sample's own generator
+            x = augmentation(x, generator)
+            return x, task_obj.simulate(x, physics, generator)
+
     def batches(step):
-        return stream_batch(train_data, task_obj.simulate, physics, step, batch_size=int(batch_size), crop=crop,
+        return stream_batch(train_data, simulate, physics, step, batch_size=int(batch_size), crop=crop,
                             seed=int(seed), rank=rank, world_size=world, device=device)
 
     trainer = StepTrainer(

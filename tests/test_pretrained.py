@@ -76,6 +76,10 @@ def test_round_trip_and_checksum(tmp_path, monkeypatch):
         assert torch.equal(loaded.state_dict()[k], v)
     physics = _mri()
     y = physics(torch.rand(1, 2, 16, 16))
+    # an entry without the scale options (as every entry before them) loads as the benchmarked, scale-equivariant model
+    assert loaded.scale_equivariant and loaded.scale_reference == 0.71
+    assert not model.scale_equivariant
+    model.scale_equivariant, model.scale_reference = True, 0.71
     with torch.no_grad():
         assert torch.allclose(loaded(y, physics), model.eval()(y, physics))
     # a replaced file no longer matches the manifest

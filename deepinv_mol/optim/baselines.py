@@ -23,6 +23,7 @@ from deepinv.physics import LinearPhysics
 from torch import Tensor, nn
 
 from .data_consistency import regularised_solve, start_image
+from .scaling import apply_scale, check_scale_options, measurement_scale
 
 __all__ = ["MoDLBaseline", "AdjointReconstruction", "CGReconstruction", "FBPReconstruction"]
 
@@ -60,7 +61,7 @@ class MoDLBaseline(MoDL):
       1 dB).
 
     The parameters and ``state_dict`` are deepinv's MoDL's. After a call, ``stats = {"iterations": num_iter,
-    "converged": None}``: ``iterations`` counts the unrolled layers (each one denoiser call and one
+    "converged": None, "scale": [s_b, ...] or None}``: ``iterations`` counts the unrolled layers (each one denoiser call and one
     data-consistency solve); a fixed-depth network has no convergence criterion.
 
     :param torch.nn.Module denoiser: the denoiser :math:`D` (``None``: deepinv's default DnCNN).
@@ -69,6 +70,10 @@ class MoDLBaseline(MoDL):
     :param float min_stepsize: lower bound of :math:`\gamma_k` (``None``: ``0.1 * stepsize``).
     :param int init_max_iter: CG iterations of the start image (0: :math:`A^H y`).
     :param float init_eps: Tikhonov weight :math:`\epsilon` of the start image.
+    :param bool scale_equivariant: reconstruct :math:`s\,G(y/s)` with the intensity scale :math:`s(y)` of
+        :func:`deepinv_mol.optim.scaling.measurement_scale` (``stats["scale"]``), so that :math:`x(cy) = c\,x(y)`.
+        Off by default for the class (the plain map); on for the package's models (:func:`deepinv_mol.pretrained.load_pretrained`, ``deepinv-mol train``).
+    :param float scale_reference: the scale statistic's value on the training distribution (:math:`s = 1` there).
 
     :Examples:
 
@@ -90,6 +95,8 @@ class MoDLBaseline(MoDL):
         min_stepsize: float | None = None,
         init_max_iter: int = 20,
         init_eps: float = 1e-2,
+        scale_equivariant: bool = False,
+        scale_reference: float = 1.0,
     ):
         num_iter = _int_at_least("num_iter", num_iter, 1)
         stepsize = _positive_float("stepsize", stepsize)
@@ -101,6 +108,7 @@ class MoDLBaseline(MoDL):
         self.stepsize, self.min_stepsize = stepsize, min_stepsize
         self.init_max_iter = _int_at_least("init_max_iter", init_max_iter, 0)
         self.init_eps = _positive_float("init_eps", init_eps)
+        self.scale_equivariant, self.scale_reference = check_scale_options(scale_equivariant, scale_reference)
         with torch.no_grad():
             for step in self.params_algo["stepsize"]:
                 step.fill_(stepsize)
@@ -117,6 +125,8 @@ class MoDLBaseline(MoDL):
             "min_stepsize": self.min_stepsize,
             "init_max_iter": self.init_max_iter,
             "init_eps": self.init_eps,
+            "scale_equivariant": self.scale_equivariant,
+            "scale_reference": self.scale_reference,
         }
 
     @torch.no_grad()
@@ -152,10 +162,20 @@ class MoDLBaseline(MoDL):
         :return: :math:`x_K`, or ``(x_K, metrics)`` when ``compute_metrics``.
         """
         self.project_stepsizes()
+        scale = None
+        if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
+            start = self.start(y, physics)
+            scale = measurement_scale(y, physics, start=start, reference=self.scale_reference)
+            y = apply_scale(y, 1 / scale)
+            init = start / scale if init is None else (apply_scale(init, 1 / scale) if isinstance(init, Tensor) else init)
+            x_gt = apply_scale(x_gt, 1 / scale) if isinstance(x_gt, Tensor) else x_gt
         if init is None:
             init = self.start(y, physics)
         out = super().forward(y, physics, init=init, x_gt=x_gt, compute_metrics=compute_metrics, **kwargs)
-        self.stats = {"iterations": self.num_iter, "converged": None}
+        self.stats = {"iterations": self.num_iter, "converged": None,
+                      "scale": None if scale is None else scale.flatten().tolist()}
+        if scale is not None:
+            out = (apply_scale(out[0], scale), out[1]) if compute_metrics else apply_scale(out, scale)
         return out
 
 

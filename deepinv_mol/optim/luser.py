@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..models.shallow import FeedForwardRegularizer, ShallowEquilibrium
 from .data_consistency import regularised_solve, start_image
+from .scaling import apply_scale, check_scale_options, measurement_scale
 
 __all__ = ["LUSER", "UnrolledFeedForward"]
 
@@ -109,6 +110,11 @@ class LUSER(Reconstructor):
     :param dict regularizer_kwargs: keyword arguments of the default regularizer, on top of
         :attr:`default_regularizer_kwargs`.
     :param float divergence_factor: norm growth over :math:`x_0` counted as divergence (> 1).
+    :param bool scale_equivariant: reconstruct :math:`s\,G(y/s)` with the intensity scale :math:`s(y)` of
+        :func:`deepinv_mol.optim.scaling.measurement_scale` (from the CG start image; ``stats["scale"]``), so that
+        :math:`x(cy) = c\,x(y)`.
+        Off by default for the class (the plain map); on for the package's models (:func:`deepinv_mol.pretrained.load_pretrained`, ``deepinv-mol train``).
+    :param float scale_reference: the scale statistic's value on the training distribution (:math:`s = 1` there).
     :param str, torch.device device: device.
 
     :Examples:
@@ -154,6 +160,8 @@ class LUSER(Reconstructor):
         dims: int = 2,
         regularizer_kwargs: dict | None = None,
         divergence_factor: float = 1e3,
+        scale_equivariant: bool = False,
+        scale_reference: float = 1.0,
         device: str | torch.device = "cpu",
     ):
         super().__init__()
@@ -185,6 +193,7 @@ class LUSER(Reconstructor):
         self.channels, self.dims = _check_int("channels", channels, 1), int(dims)
         self.divergence_factor = _check_float("divergence_factor", divergence_factor, 1.0)
         self.step_size_init = "auto" if auto else float(step_size)
+        self.scale_equivariant, self.scale_reference = check_scale_options(scale_equivariant, scale_reference)
         self._default_regularizers = regularizer is None
         self.regularizers = nn.ModuleList(self._build_regularizers(regularizer, channels, dims, regularizer_kwargs))
         # eta_k = exp(s_k): positive by construction
@@ -193,6 +202,7 @@ class LUSER(Reconstructor):
         self._records: list[_StepRecord] = []
         self._cg_stats: list = []
         self._loop: dict = {}
+        self._scale: Tensor | None = None
         self.to(device)
 
     def _build_regularizers(self, regularizer, channels, dims, kwargs) -> list[nn.Module]:
@@ -244,6 +254,8 @@ class LUSER(Reconstructor):
             "dims": self.dims,
             "regularizer_kwargs": reg_kwargs,
             "divergence_factor": self.divergence_factor,
+            "scale_equivariant": self.scale_equivariant,
+            "scale_reference": self.scale_reference,
         }
 
     def regularizer(self, k: int) -> nn.Module:
@@ -330,6 +342,17 @@ class LUSER(Reconstructor):
                 f"{type(self).__name__} needs a deepinv.physics.LinearPhysics (it uses A and A_adjoint), "
                 f"got {type(physics).__name__}"
             )
+        self._scale = None
+        if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
+            aty = physics.A_adjoint(y)
+            start = start_image(y, physics, eps=self.init_eps, max_iter=self.init_max_iter, tol=self.cg_tol, aty=aty)
+            self._scale = measurement_scale(y, physics, start=start, reference=self.scale_reference)
+            y = apply_scale(y, 1 / self._scale)
+            if init is None:
+                init = apply_scale(aty if self.init == "adjoint" else start, 1 / self._scale)
+            elif isinstance(init, Tensor):
+                init = apply_scale(init, 1 / self._scale)
+            x_gt = apply_scale(x_gt, 1 / self._scale) if isinstance(x_gt, Tensor) else x_gt
         aty = physics.A_adjoint(y)
         x = self.initial_point(y, physics, aty=aty) if init is None else init
         if not isinstance(x, Tensor):
@@ -364,6 +387,7 @@ class LUSER(Reconstructor):
                 RuntimeWarning,
                 stacklevel=2,
             )
+        x = x if self._scale is None else apply_scale(x, self._scale)
         return (x, metrics) if compute_metrics else x
 
     @staticmethod
@@ -418,9 +442,12 @@ class LUSER(Reconstructor):
         * with ``"cg"`` data consistency: ``cg_iterations`` (CG iterations of the :math:`K` data steps, in total),
           ``cg_residual`` (worst final relative residual) and ``cg_converged`` (every data step reached
           ``cg_tol``; a capped data step is still a well-defined map, so this does not enter ``converged``);
-        * once a backward pass ran: ``backward_iterations``, ``backward_residual``, ``backward_converged``.
+        * once a backward pass ran: ``backward_iterations``, ``backward_residual``, ``backward_converged``;
+        * ``scale``: the intensity scale :math:`s` of each batch item (``None`` without ``scale_equivariant``).
         """
         out = {"steps": len(self._records), "step_sizes": [float(e) for e in self.step_sizes.detach()]}
+        scale = getattr(self, "_scale", None)
+        out["scale"] = None if scale is None else scale.flatten().tolist()
         loop = dict(self._loop) or {"diverged": False, "divergence": None, "data_residual": None}
         if self._cg_stats:
             out.update(

@@ -14,6 +14,7 @@ from deepinv.physics import LinearPhysics
 
 from ..equilibrium import BackwardConfig, EquilibriumStats, SolverStats, equilibrium
 from .data_consistency import regularised_solve, start_image
+from .scaling import apply_scale, check_scale_options, measurement_scale
 
 __all__ = ["MOL", "DataConsistencyConfig"]
 
@@ -156,6 +157,13 @@ class MOL(Reconstructor):
     :param bool learn_lambda: make :math:`\lambda` a trainable parameter.
     :param bool learn_alpha: make :math:`\alpha` a trainable parameter (kept in (0, 1)).
     :param bool warn: warn when a forward or backward solve does not converge.
+    :param bool scale_equivariant: reconstruct :math:`s\,x^\star(y/s)` with the intensity scale
+        :math:`s = s(y)` of :func:`deepinv_mol.optim.scaling.measurement_scale` (from the start image, one per batch
+        item; ``stats["scale"]``): then :math:`x(cy) = c\,x(y)` for every :math:`c > 0`. The guarantees then hold for
+        the normalised problem; :func:`deepinv_mol.guarantees.certify` reports the bound of the composite map.
+        Off by default for the class (the plain map); on for the package's models (:func:`deepinv_mol.pretrained.load_pretrained`, ``deepinv-mol train``).
+    :param float scale_reference: the value of the scale statistic on the training distribution (:math:`s = 1` there;
+        :data:`deepinv_mol.optim.scaling.TASK_SCALE_REFERENCE`).
     :param str, torch.device device: device.
 
     :Examples:
@@ -188,6 +196,8 @@ class MOL(Reconstructor):
         learn_lambda: bool = True,
         learn_alpha: bool = False,
         warn: bool = True,
+        scale_equivariant: bool = False,
+        scale_reference: float = 1.0,
         device: str | torch.device = "cpu",
         **legacy,
     ):
@@ -236,6 +246,7 @@ class MOL(Reconstructor):
             )
         self.dc_config = data_consistency
         self.warn = bool(warn)
+        self.scale_equivariant, self.scale_reference = check_scale_options(scale_equivariant, scale_reference)
         raw_lambda = torch.tensor(_inv_softplus(lambda_))
         self.learn_lambda = bool(learn_lambda)
         if learn_lambda:
@@ -289,6 +300,8 @@ class MOL(Reconstructor):
             "learn_lambda": self.learn_lambda,
             "learn_alpha": self.learn_alpha,
             "warn": self.warn,
+            "scale_equivariant": self.scale_equivariant,
+            "scale_reference": self.scale_reference,
         }
 
     # ------------------------------------------------------------------ parameters
@@ -321,7 +334,8 @@ class MOL(Reconstructor):
         r"""Statistics of the last call: ``iterations`` (steps :math:`T` evaluated), ``residual`` and
         ``equation_residual`` (both the relative residual of MOL's equation at the returned image, maximum
         over the batch), ``converged``, ``diverged``, ``restarts`` (Anderson safeguard), ``cg_iterations``
-        (CG iterations of all forward data-consistency solves), and ``backward_iterations``,
+        (CG iterations of all forward data-consistency solves), ``scale`` (the intensity scale
+        :math:`s` of each batch item, ``None`` without ``scale_equivariant``), and ``backward_iterations``,
         ``backward_residual``, ``backward_converged``, ``backward_diverged`` once a backward pass has run
         through it (implicit mode). Empty before the first call."""
         if self._stats is None:
@@ -452,6 +466,13 @@ class MOL(Reconstructor):
                     f"MOL needs a linear physics with {name} (a deepinv.physics.LinearPhysics), "
                     f"got {type(physics).__name__}"
                 )
+        scale = None
+        if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
+            start = self.initialise(y, physics)
+            scale = measurement_scale(y, physics, start=start, reference=self.scale_reference)
+            y = apply_scale(y, 1 / scale)
+            init = start / scale if init is None else (apply_scale(init, 1 / scale) if isinstance(init, Tensor) else init)
+            x_gt = apply_scale(x_gt, 1 / scale) if isinstance(x_gt, Tensor) else x_gt
         aty = physics.A_adjoint(y)
         if init is None:
             x0 = self.initialise(y, physics, aty=aty)
@@ -501,6 +522,8 @@ class MOL(Reconstructor):
             residual=lambda z, fz: last["eq"],
         )
         self._extra = {"cg_iterations": cg_total[0]}
+        self._extra["scale"] = None if scale is None else scale.flatten().tolist()
+        x = x if scale is None else x * scale
         if compute_metrics:
             return x, metrics
         return x

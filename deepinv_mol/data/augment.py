@@ -1,0 +1,132 @@
+r"""Training augmentation: random flips, 90° rotations, intensity scaling and global phase, drawn from a given
+generator (the training stream's per-sample generator, so a run and its resumed continuation see the same data).
+
+:class:`Augmentation` transforms a batch of ground-truth images ``(B, C, H, W)`` (or ``(B, C, D, H, W)``,
+transformed in-plane) before the measurements are simulated:
+
+* **flips** -- left-right and up-down, each with probability 1/2;
+* **rotations** -- by a random multiple of 90° in-plane (180° or none for non-square images, whose shape must not
+  change: the physics is built for it); with the flips, the 8 symmetries of the square, which also present the
+  anatomy to the (fixed) radial trajectory or fan-beam geometry in 8 orientations;
+* **intensity** -- a factor drawn log-uniformly in ``intensity = (low, high)``; a scale-equivariant model
+  (``scale_equivariant=True``) normalises it away up to the loss weight, a model without it learns from it;
+* **phase** -- a uniform random global phase :math:`e^{i\varphi}` on complex (2-channel real/imaginary) images,
+  on top of the dataset's smooth simulated phase (whose global offset is not uniform).
+
+What it does not do: random trajectory rotations or view-angle offsets of the physics (training uses one physics
+object: a new NUFFT or projector per sample is not cheap on a CPU); the 90° rotations cover part of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Augmentation", "augmentation_from"]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    r"""Random symmetries and intensity changes of ground-truth images (see the module docstring).
+
+    :param bool flips: random left-right and up-down flips.
+    :param bool rotations: random multiples of 90° (of 180° for non-square images).
+    :param tuple intensity: ``(low, high)``, ``0 < low <= high``, for a log-uniform intensity factor; ``None``: off.
+    :param bool phase: uniform random global phase of complex (2-channel) images.
+
+    :Examples:
+
+    >>> import torch
+    >>> from deepinv_mol.data.augment import Augmentation
+    >>> aug = Augmentation(intensity=(0.5, 2.0))
+    >>> x = torch.rand(3, 2, 8, 8)
+    >>> a, b = aug(x, torch.Generator().manual_seed(1)), aug(x, torch.Generator().manual_seed(1))
+    >>> a.shape, bool(torch.equal(a, b))
+    (torch.Size([3, 2, 8, 8]), True)
+    >>> Augmentation(flips=False, rotations=False, intensity=None, phase=False)(x, torch.Generator()).equal(x)
+    True
+    """
+
+    flips: bool = True
+    rotations: bool = True
+    intensity: tuple | None = (0.5, 2.0)
+    phase: bool = True
+
+    def __post_init__(self):
+        for name in ("flips", "rotations", "phase"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Augmentation.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.intensity is not None:
+            rng = tuple(self.intensity)
+            if (len(rng) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
+                    or not all(math.isfinite(v) for v in rng) or not 0 < rng[0] <= rng[1]):
+                raise ValueError(f"Augmentation.intensity must be (low, high) with 0 < low <= high, got {self.intensity!r}")
+            object.__setattr__(self, "intensity", (float(rng[0]), float(rng[1])))
+
+    def to_dict(self) -> dict:
+        r"""JSON-serialisable settings (``Augmentation(**aug.to_dict())`` rebuilds it)."""
+        d = asdict(self)
+        d["intensity"] = None if self.intensity is None else list(self.intensity)
+        return d
+
+    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        r"""Augment each image of the batch with its own draws.
+
+        :param torch.Tensor x: ``(B, C, ..., H, W)`` ground truth (real; ``C = 2`` is read as real/imaginary).
+        :param torch.Generator generator: the random source (CPU); the draws per image are, in order: two flips,
+            a rotation, an intensity factor, a phase (each drawn even when its option is off, so switching one
+            option does not change the others' draws).
+        :return: the augmented batch, same shape.
+        """
+        if not isinstance(x, Tensor) or x.ndim < 4:
+            raise ValueError(f"x must be a batch of images (B, C, ..., H, W), got {getattr(x, 'shape', type(x).__name__)}")
+        out = []
+        square = x.shape[-1] == x.shape[-2]
+        for image in x:
+            u = torch.rand(5, generator=generator, dtype=torch.float64, device=generator.device).tolist()
+            if self.flips and u[0] < 0.5:
+                image = image.flip(-1)
+            if self.flips and u[1] < 0.5:
+                image = image.flip(-2)
+            if self.rotations:
+                quarter = int(u[2] * 4) % 4 if square else 2 * (int(u[2] * 2) % 2)
+                if quarter:
+                    image = torch.rot90(image, quarter, dims=(-2, -1))
+            if self.intensity is not None:
+                low, high = self.intensity
+                image = image * math.exp(math.log(low) + u[3] * (math.log(high) - math.log(low)))
+            if self.phase and image.shape[0] == 2:
+                angle = 2 * math.pi * u[4]
+                c, s = math.cos(angle), math.sin(angle)
+                image = torch.stack([c * image[0] - s * image[1], s * image[0] + c * image[1]])
+            out.append(image.contiguous())
+        return torch.stack(out)
+
+
+def augmentation_from(spec) -> Augmentation | None:
+    r"""An :class:`Augmentation` from a flag or settings: ``True``/``"on"`` the defaults, ``False``/``None``/``"off"``
+    none, a dict its fields (e.g. a manifest's recorded ``augment``), an :class:`Augmentation` itself.
+
+    :param spec: ``bool``, ``None``, ``"on"``/``"off"``, ``dict`` or :class:`Augmentation`.
+    :return: the augmentation or ``None``.
+
+    :Examples:
+
+    >>> from deepinv_mol.data.augment import augmentation_from
+    >>> augmentation_from("off") is None, augmentation_from(True).to_dict()["intensity"]
+    (True, [0.5, 2.0])
+    """
+    if isinstance(spec, Augmentation) or spec is None:
+        return spec
+    if isinstance(spec, bool):
+        return Augmentation() if spec else None
+    if isinstance(spec, str):
+        if spec not in ("on", "off"):
+            raise ValueError(f"augment must be 'on' or 'off', got {spec!r}")
+        return Augmentation() if spec == "on" else None
+    if isinstance(spec, dict):
+        return Augmentation(**spec)
+    raise TypeError(f"augment must be a bool, 'on'/'off', a dict of Augmentation fields or an Augmentation, got {spec!r}")

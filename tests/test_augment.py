@@ -1,0 +1,74 @@
+"""Training augmentation (deepinv_mol.data.augment) and its hook in training (deterministic, resumable)."""
+
+import math
+
+import pytest
+import torch
+
+from deepinv_mol import training
+from deepinv_mol.data.augment import Augmentation, augmentation_from
+
+from test_training import TinyTask, _weights  # noqa: F401  (the tiny task of the training tests)
+
+TINY = {"cnn": {"channels": 2, "width": 4, "depth": 2, "constraint": "penalty"}, "modl": {"num_iter": 2}}
+
+
+def _magnitude(x):
+    return x.pow(2).sum(1).sqrt()
+
+
+def test_symmetries_keep_the_pixel_values_and_phase_keeps_the_magnitude():
+    x = torch.rand(8, 2, 6, 6)
+    out = Augmentation(intensity=None)(x, torch.Generator().manual_seed(0))
+    for a, b in zip(_magnitude(x), _magnitude(out)):
+        # flips + rotations permute pixels; the global phase keeps the modulus
+        assert torch.allclose(a.flatten().sort().values, b.flatten().sort().values, atol=1e-6)
+    assert not torch.allclose(out, x)
+    only_phase = Augmentation(flips=False, rotations=False, intensity=None)(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(_magnitude(only_phase), _magnitude(x), atol=1e-6)
+    real = Augmentation(flips=False, rotations=False, intensity=None)(x[:, :1], torch.Generator().manual_seed(0))
+    assert torch.equal(real, x[:, :1])  # no phase on real (1-channel) images
+
+
+def test_intensity_factor_log_uniform_in_range_and_non_square_shape_kept():
+    x = torch.ones(400, 1, 3, 5)
+    out = Augmentation(intensity=(0.5, 2.0))(x, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    factors = out.flatten(1)[:, 0]
+    assert float(factors.min()) >= 0.5 and float(factors.max()) <= 2.0
+    logs = factors.log() / math.log(2.0)  # uniform on [-1, 1]: mean 0, variance 1/3
+    assert abs(float(logs.mean())) < 0.1 and abs(float(logs.var()) - 1 / 3) < 0.06
+
+
+def test_same_generator_same_batch_and_validation():
+    x = torch.rand(3, 2, 8, 8)
+    a = Augmentation()(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, Augmentation()(x, torch.Generator().manual_seed(5)))
+    assert not torch.equal(a, Augmentation()(x, torch.Generator().manual_seed(6)))
+    with pytest.raises(ValueError, match="intensity must be"):
+        Augmentation(intensity=(2.0, 1.0))
+    with pytest.raises(TypeError, match="flips must be a bool"):
+        Augmentation(flips=1)
+    with pytest.raises(ValueError, match="'on' or 'off'"):
+        augmentation_from("yes")
+    assert augmentation_from(Augmentation().to_dict()) == Augmentation()
+
+
+def _train(out, **kw):
+    args = dict(steps=4, batch_size=2, crop=16, lr=1e-2, eval_every=2, val_images=2, seed=3, config=TINY,
+                progress=False, augment="on")
+    args.update(kw)
+    return training.train(TinyTask(), "modl", out=out, **args)
+
+
+def test_resume_with_augmentation_is_exact_and_recorded(tmp_path):
+    straight = _train(tmp_path / "straight")
+    _train(tmp_path / "split", stop_after=2)
+    resumed = _train(tmp_path / "split", resume=True)
+    a, b = _weights(tmp_path / "straight" / training.FINAL), _weights(tmp_path / "split" / training.FINAL)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert straight["loss"] == resumed["loss"]
+    assert straight["run_config"]["augment"] == Augmentation().to_dict()
+    plain = _train(tmp_path / "plain", augment="off")
+    assert plain["run_config"]["augment"] is None and plain["loss"] != straight["loss"]
