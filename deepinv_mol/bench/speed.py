@@ -363,6 +363,7 @@ def bench_training_step(
     constraint: str = "strict",
     seed: int = 0,
     json_path=None,
+    figure_path=None,
     progress: bool = True,
 ) -> list[dict]:
     r"""Seconds per training step (forward, loss, backward) of MOL and deepinv's ``MoDL`` with the same CNN on
@@ -386,6 +387,7 @@ def bench_training_step(
     :param str constraint: ``"strict"`` or ``"penalty"`` CNN.
     :param int seed: seed of data, noise and weights.
     :param str json_path: write the JSON there.
+    :param str figure_path: write a bar chart of the seconds per step there (PNG).
     :param bool progress: show a progress bar.
     :return: the rows.
 
@@ -432,4 +434,23 @@ def bench_training_step(
     bar.close()
     if json_path is not None:
         write_json(json_path, "training-step", settings, rows)
+    if figure_path is not None:
+        _plot_training_step(rows, figure_path)
     return rows
+
+
+def _plot_training_step(rows: list, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [f"{r['problem']} {r['model']}" for r in rows]
+    ax.bar(labels, [r["forward_seconds"] for r in rows], label="forward")
+    ax.bar(labels, [r["backward_seconds"] for r in rows], bottom=[r["forward_seconds"] for r in rows], label="backward")
+    ax.set_ylabel("seconds per training step")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
