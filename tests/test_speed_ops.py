@@ -40,3 +40,54 @@ def test_matrix_auto_switches_after_enough_calls(monkeypatch):
 def test_matrix_bad_value():
     with pytest.raises(ValueError, match="matrix must be True, False or 'auto'"):
         AstraCT((16, 16), torch.linspace(0, 3, 8, dtype=torch.float64), backend="cpu", matrix="yes")
+
+
+def test_training_step_bench_json(tmp_path):
+    import json
+
+    from deepinv_mol.bench.speed import bench_training_step
+
+    rows = bench_training_step(problems=("2d", "3d"), models=("mol", "modl"), size_2d=16, size=8, depth=4,
+                               num_iter=2, width=4, cnn_depth=2, constraint="penalty",
+                               json_path=tmp_path / "t.json", figure_path=tmp_path / "t.png", progress=False)
+    payload = json.loads((tmp_path / "t.json").read_text())
+    assert payload["benchmark"] == "training-step" and len(payload["rows"]) == len(rows) == 4
+    assert [(r["problem"], r["model"]) for r in rows] == [("2d", "mol"), ("2d", "modl"), ("3d", "mol"), ("3d", "modl")]
+    assert rows[2]["shape"] == [4, 8, 8]
+    for r in rows:
+        assert set(r["calls"]) == {"network", "A", "A^H", "A^H A"}
+        assert r["step_seconds"] == pytest.approx(r["forward_seconds"] + r["backward_seconds"])
+        assert all(r["calls"][k] >= r["forward_calls"][k] for k in r["calls"])
+    mol = rows[0]
+    # MOL: A^H y once per call, never the forward NUFFT; the start image and the solves go through A^H A
+    assert mol["calls"]["A^H"] == 1 and mol["calls"]["A"] == 0 and mol["calls"]["A^H A"] > 0
+    # two forward iterations + the differentiable step: three network calls
+    assert mol["forward_calls"]["network"] == 3
+    assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_training_step_bench_bad_names():
+    from deepinv_mol.bench.speed import bench_training_step
+
+    with pytest.raises(ValueError, match="problems must be among"):
+        bench_training_step(problems=("4d",), progress=False)
+    with pytest.raises(ValueError, match="models must be among"):
+        bench_training_step(models=("unet",), progress=False)
+
+
+def test_warm_started_backward_matches_cold():
+    """The exact-solve backward warm-started at its previous solution gives the cold solve's gradient."""
+    import deepinv as dinv
+
+    from deepinv_mol.optim.data_consistency import regularised_solve
+
+    torch.manual_seed(0)
+    physics = dinv.physics.Inpainting(img_size=(1, 8, 8), mask=0.5)
+    rhs = torch.randn(1, 1, 8, 8, requires_grad=True)
+    x, _ = regularised_solve(physics, rhs, 2.0, tol=1e-10, max_iter=200, backward_tol=1e-10)
+    v1, v2 = torch.randn_like(x), torch.randn_like(x)
+    (g1,) = torch.autograd.grad(x, rhs, v1, retain_graph=True)
+    (g2,) = torch.autograd.grad(x, rhs, v2, retain_graph=True)  # warm-started at the solution for v1
+    mask = physics.mask
+    for v, g in ((v1, g1), (v2, g2)):
+        assert torch.allclose(g, v / (1 + 2.0 * mask), atol=1e-6)

@@ -308,7 +308,7 @@ def _training_problem(problem: str, size: int, depth: int, seed: int):
     return task, physics, x, y, dims
 
 
-def training_step_profile(model, y, physics, x) -> dict:
+def training_step_profile(model, y, physics, x, network=None) -> dict:
     r"""One training step (forward, mean-squared-error loss, backward) with its parts timed (:class:`PartTimer`).
 
     The network's certified norms (a strict :class:`~deepinv_mol.models.MonotoneCNN` recomputes them once per
@@ -319,11 +319,13 @@ def training_step_profile(model, y, physics, x) -> dict:
     :param torch.Tensor y: measurements.
     :param physics: forward operator.
     :param torch.Tensor x: ground truth.
+    :param torch.nn.Module network: the network to time (default ``model.denoiser``; deepinv's ``MoDL`` keeps it
+        inside its prior).
     :return: ``{"certificate_seconds", "forward_seconds", "backward_seconds", "step_seconds", "seconds": {part: s},
         "calls": {part: n}, "forward_calls": {part: n}}`` with parts ``network``, ``A``, ``A^H``, ``A^H A``
         (exclusive time, as :func:`mol_step_profile`).
     """
-    net = model.denoiser
+    net = model.denoiser if network is None else network
     tic = time.perf_counter()
     with torch.no_grad():
         net(x.new_zeros(x.shape) if x.shape[1] == 2 else x)
@@ -424,7 +426,7 @@ def bench_training_step(
                 model = MOL(denoiser=net, max_iter=num_iter, tol=0.0, warn=False)
             else:
                 model = dinv.models.MoDL(denoiser=net, num_iter=num_iter)
-            prof = training_step_profile(model, y, physics, x)
+            prof = training_step_profile(model, y, physics, x, network=net)
             stats = getattr(model, "stats", None)
             rows.append({"problem": problem, "model": name, "shape": list(x.shape[2:]), "num_iter": num_iter,
                          "width": width, **prof,
