@@ -299,6 +299,7 @@ BENCHMARKS = {
     "robustness": ("robustness", "bench_robustness"),
     "convergence": ("convergence", "bench_convergence"),
     "speed": ("speed", "bench_speed"),
+    "training-step": ("speed", "bench_training_step"),
 }
 
 # bench options -> keyword arguments of the benchmark functions that take them

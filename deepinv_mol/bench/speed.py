@@ -26,7 +26,8 @@ import torch
 
 from .report import TASKS, _median_seconds, bench_problem, load_models, progress_bar, write_json
 
-__all__ = ["SPEED_MODELS", "PartTimer", "bench_speed", "plot_speed"]
+__all__ = ["SPEED_MODELS", "TRAINING_PROBLEMS", "PartTimer", "bench_speed", "plot_speed", "training_step_profile",
+           "bench_training_step"]
 
 #: every reconstructor of ``deepinv-mol eval`` (``fbp`` on CT tasks only)
 SPEED_MODELS = ("mol-strict", "mol-penalty", "modl", "luser", "cg", "adjoint", "fbp")
@@ -274,6 +275,183 @@ def plot_speed(rows: list, path) -> None:
     ax.set_xticks(range(len(step_tasks)), step_tasks, fontsize=8)
     ax.set_ylabel("seconds per MOL step")
     ax.set_title(f"inside one step of {step[0]['model'] if step else 'MOL'}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- training steps at scale ---------------------------------------------------------------------------------
+
+#: problems of :func:`bench_training_step`: name -> (task, task overrides, CNN dims)
+TRAINING_PROBLEMS = {
+    "2d": ("mri-radial-4x", {}, 2),
+    "2d+t": ("mri-radial-dynamic", {}, 3),
+    "3d": ("mri-3d", {}, 3),
+}
+
+
+def _training_problem(problem: str, size: int, depth: int, seed: int):
+    from deepinv_mol.tasks import get_task
+    from deepinv_mol.training import image_of
+
+    task_name, overrides, dims = TRAINING_PROBLEMS[problem]
+    overrides = dict(overrides)
+    if problem == "2d+t":
+        overrides["frames"] = depth
+    elif problem == "3d":
+        overrides["depth"] = depth
+    task = get_task(task_name, size=size, **overrides)
+    x = image_of(task.dataset("train", seed=seed)[0])[None]
+    physics = task.build_physics(tuple(x.shape[1:]))
+    y = task.simulate(x, physics, torch.Generator().manual_seed(seed))
+    return task, physics, x, y, dims
+
+
+def training_step_profile(model, y, physics, x, network=None) -> dict:
+    r"""One training step (forward, mean-squared-error loss, backward) with its parts timed (:class:`PartTimer`).
+
+    The network's certified norms (a strict :class:`~deepinv_mol.models.MonotoneCNN` recomputes them once per
+    weight change, i.e. once per optimiser step) are computed by one untimed-apart call before the step and
+    reported as ``certificate_seconds``; the step itself then runs on fixed weights.
+
+    :param model: a reconstructor with a ``denoiser`` (MOL, deepinv's MoDL).
+    :param torch.Tensor y: measurements.
+    :param physics: forward operator.
+    :param torch.Tensor x: ground truth.
+    :param torch.nn.Module network: the network to time (default ``model.denoiser``; deepinv's ``MoDL`` keeps it
+        inside its prior).
+    :return: ``{"certificate_seconds", "forward_seconds", "backward_seconds", "step_seconds", "seconds": {part: s},
+        "calls": {part: n}, "forward_calls": {part: n}}`` with parts ``network``, ``A``, ``A^H``, ``A^H A``
+        (exclusive time, as :func:`mol_step_profile`).
+    """
+    net = model.denoiser if network is None else network
+    tic = time.perf_counter()
+    with torch.no_grad():
+        net(x.new_zeros(x.shape) if x.shape[1] == 2 else x)
+    certificate = time.perf_counter() - tic
+    timer = PartTimer()
+    patched = []
+    for obj, attr, name in ((net, "forward", "network"), (physics, "A_adjoint_A", "A^H A"), (physics, "A", "A"),
+                            (physics, "A_adjoint", "A^H")):
+        own = obj.__dict__.get(attr, _MISSING)
+        object.__setattr__(obj, attr, timer.wrap(name, getattr(obj, attr)))
+        patched.append((obj, attr, own))
+    try:
+        tic = time.perf_counter()
+        x_net = model(y, physics)
+        loss = torch.nn.functional.mse_loss(x_net, x)
+        forward = time.perf_counter() - tic
+        forward_calls = dict(timer.calls)
+        tic = time.perf_counter()
+        loss.backward()
+        backward = time.perf_counter() - tic
+    finally:
+        _restore(patched)
+    return {"certificate_seconds": certificate, "forward_seconds": forward, "backward_seconds": backward,
+            "step_seconds": forward + backward, "seconds": dict(timer.seconds), "calls": dict(timer.calls),
+            "forward_calls": forward_calls}
+
+
+def bench_training_step(
+    problems=("2d", "2d+t", "3d"),
+    models=("mol", "modl"),
+    size_2d: int = 256,
+    size: int = 64,
+    depth: int = 16,
+    num_iter: int = 10,
+    width: int = 32,
+    cnn_depth: int = 5,
+    constraint: str = "strict",
+    seed: int = 0,
+    json_path=None,
+    figure_path=None,
+    progress: bool = True,
+) -> list[dict]:
+    r"""Seconds per training step (forward, loss, backward) of MOL and deepinv's ``MoDL`` with the same CNN on
+    2D (``mri-radial-4x`` at ``size_2d``\ ²), 2D+time (``mri-radial-dynamic``, ``depth`` frames of ``size``\ ²) and
+    3D (``mri-3d``, ``depth`` x ``size``\ ²) MRI, the setting of :mod:`deepinv_mol.bench.memory`: a
+    :class:`~deepinv_mol.models.MonotoneCNN` (``width``, ``cnn_depth`` layers, ``dims`` 2 or 3), MOL with exactly
+    ``num_iter`` forward iterations (``tol=0``) and its default implicit backward, MoDL with ``num_iter`` layers.
+
+    One row per problem and model: ``step_seconds`` (= ``forward_seconds`` + ``backward_seconds``),
+    ``certificate_seconds`` (the strict network's certified norms, paid once per optimiser step, apart),
+    and per part (network, A, A^H, A^H A) its calls and exclusive seconds (:func:`training_step_profile`).
+
+    :param problems: among ``"2d"``, ``"2d+t"``, ``"3d"``.
+    :param models: among ``"mol"``, ``"modl"``.
+    :param int size_2d: image side of the 2D problem.
+    :param int size: in-plane side of the 2D+t and 3D problems.
+    :param int depth: frames (2D+t) or slices (3D).
+    :param int num_iter: MOL iterations = MoDL layers.
+    :param int width: CNN width.
+    :param int cnn_depth: CNN layers.
+    :param str constraint: ``"strict"`` or ``"penalty"`` CNN.
+    :param int seed: seed of data, noise and weights.
+    :param str json_path: write the JSON there.
+    :param str figure_path: write a bar chart of the seconds per step there (PNG).
+    :param bool progress: show a progress bar.
+    :return: the rows.
+
+    :Examples:
+
+    >>> from deepinv_mol.bench.speed import bench_training_step
+    >>> rows = bench_training_step(problems=("2d",), models=("mol",), size_2d=16, num_iter=2, width=4,
+    ...                            cnn_depth=2, progress=False)
+    >>> rows[0]["problem"], rows[0]["calls"]["A^H"] >= 1, rows[0]["step_seconds"] > 0
+    ('2d', True, True)
+    """
+    import deepinv as dinv
+
+    from deepinv_mol.models import MonotoneCNN
+    from deepinv_mol.optim import MOL
+
+    unknown = [p for p in problems if p not in TRAINING_PROBLEMS]
+    if unknown:
+        raise ValueError(f"problems must be among {sorted(TRAINING_PROBLEMS)}, got {unknown}")
+    bad = [m for m in models if m not in ("mol", "modl")]
+    if bad:
+        raise ValueError(f"models must be among ['mol', 'modl'], got {bad}")
+    settings = dict(problems=list(problems), models=list(models), size_2d=size_2d, size=size, depth=depth,
+                    num_iter=num_iter, width=width, cnn_depth=cnn_depth, constraint=constraint, seed=seed)
+    rows = []
+    bar = progress_bar(len(problems) * len(models), "training step", progress)
+    for problem in problems:
+        _, physics, x, y, dims = _training_problem(problem, size_2d if problem == "2d" else size, depth, seed)
+        for name in models:
+            bar.set_postfix_str(f"{problem} {name}")
+            torch.manual_seed(seed)
+            net = MonotoneCNN(channels=2, width=width, depth=cnn_depth, dims=dims, constraint=constraint)
+            if name == "mol":
+                model = MOL(denoiser=net, max_iter=num_iter, tol=0.0, warn=False)
+            else:
+                model = dinv.models.MoDL(denoiser=net, num_iter=num_iter)
+            prof = training_step_profile(model, y, physics, x, network=net)
+            stats = getattr(model, "stats", None)
+            rows.append({"problem": problem, "model": name, "shape": list(x.shape[2:]), "num_iter": num_iter,
+                         "width": width, **prof,
+                         "cg_iterations": stats.get("cg_iterations") if isinstance(stats, dict) else None,
+                         "backward_iterations": stats.get("backward_iterations") if isinstance(stats, dict) else None})
+            bar.update(1)
+    bar.close()
+    if json_path is not None:
+        write_json(json_path, "training-step", settings, rows)
+    if figure_path is not None:
+        _plot_training_step(rows, figure_path)
+    return rows
+
+
+def _plot_training_step(rows: list, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    labels = [f"{r['problem']} {r['model']}" for r in rows]
+    ax.bar(labels, [r["forward_seconds"] for r in rows], label="forward")
+    ax.bar(labels, [r["backward_seconds"] for r in rows], bottom=[r["forward_seconds"] for r in rows], label="backward")
+    ax.set_ylabel("seconds per training step")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

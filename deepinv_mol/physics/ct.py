@@ -38,10 +38,15 @@ from deepinv.physics import LinearPhysics, NoiseModel
 
 from ._utils import is_functorch_wrapped, linear_map_function, power_iteration, refuse_if_too_large
 
-__all__ = ["AstraCT"]
+__all__ = ["AstraCT", "MATRIX_AUTO_BYTES", "MATRIX_AUTO_CALLS"]
 
 _GEOMETRIES = ("parallel", "fanbeam", "cone")
 _BACKENDS = ("auto", "cpu", "cuda")
+#: ``matrix="auto"`` keeps a 2D CPU projector's sparse matrix when it is estimated below this size (bytes)
+MATRIX_AUTO_BYTES = 256 * 2**20
+#: ``matrix="auto"`` builds the matrix after this many projections of one geometry with ASTRA's FP/BP
+MATRIX_AUTO_CALLS = 32
+
 _CPU_PROJECTORS = {"parallel": ("linear", "line", "strip"), "fanbeam": ("line_fanflat", "strip_fanflat")}
 
 
@@ -124,12 +129,44 @@ class _Engine2D:
     r"""2D projector (CPU, or CUDA when ``cuda=True``) applied image by image; ASTRA releases the
     GIL, so a batch runs on ``n_threads`` threads."""
 
-    def __init__(self, vol_geom, proj_geom, projector_type, cuda=False, n_threads=1):
+    def __init__(self, vol_geom, proj_geom, projector_type, cuda=False, n_threads=1, matrix=False):
         self.vol_geom, self.proj_geom = vol_geom, proj_geom
         self.projector_type = projector_type
         self.cuda = cuda
         self.n_threads = 1 if cuda else max(1, int(n_threads))
         self._proj_id = None
+        # True: the sparse matrix from the first call; "auto": after MATRIX_AUTO_CALLS calls of ASTRA's FP/BP
+        # (a geometry used that often will be used again: building the matrix costs about 20-40 projections)
+        self.use_matrix = (matrix is True or matrix == "auto") and not cuda
+        self._matrix_after = MATRIX_AUTO_CALLS if matrix == "auto" else 0
+        self._calls = 0
+        self._matrix = None
+
+    @property
+    def matrix(self):
+        r"""The projector's weights :math:`W` and :math:`W^\top` as float32 ``scipy.sparse`` CSR matrices (rays x
+        pixels, pixels x rays), built once from ASTRA's own projector (``astra.projector.matrix``): the weights
+        its CPU FP and BP apply."""
+        if self._matrix is None:
+            import astra
+
+            mid = astra.projector.matrix(self.proj_id)
+            try:
+                w = astra.matrix.get(mid)
+            finally:
+                astra.matrix.delete(mid)
+            w = w.tocsr().astype(np.float32)
+            # the transpose as its own CSR: back projection as a row-wise product (2x faster than through CSC)
+            self._matrix = (w, w.T.tocsr())
+        return self._matrix
+
+    def _matrix_map(self, src, adjoint):
+        # one sparse product for the whole batch: the weights are read once for all its images
+        w = self.matrix[1] if adjoint else self.matrix[0]
+        out_shape = self.vol_shape if adjoint else self.sino_shape
+        flat = src.reshape(src.shape[0], -1).T
+        out = np.asarray(w @ flat, dtype=np.float32).T
+        return np.ascontiguousarray(out).reshape((src.shape[0],) + tuple(out_shape))
 
     @property
     def proj_id(self):
@@ -190,10 +227,18 @@ class _Engine2D:
     def sino_shape(self):
         return (len(self.proj_geom["ProjectionAngles"]), self.proj_geom["DetectorCount"])
 
+    def _matrix_now(self) -> bool:
+        self._calls += 1
+        return self.use_matrix and self._calls > self._matrix_after
+
     def forward(self, x):
+        if self._matrix_now():
+            return self._matrix_map(x, adjoint=False)
         return self._map("FP", x, self.sino_shape, True)
 
     def adjoint(self, y):
+        if self._matrix_now():
+            return self._matrix_map(y, adjoint=True)
         return self._map("BP", y, self.vol_shape, False)
 
     def fbp(self, y):
@@ -352,6 +397,15 @@ class AstraCT(LinearPhysics):
         ``torch.get_num_threads()``.
     :param deepinv.physics.NoiseModel noise_model: measurement noise (default none).
     :param str | torch.device device: device of the buffers.
+    :param bool, str matrix: CPU 2D projectors only: apply :math:`A` and :math:`A^\top` as sparse matrix
+        products (``scipy.sparse``) with the projector's weights, read once from ASTRA
+        (``astra.projector.matrix``), instead of calling ASTRA's FP/BP. The same weights, so the same operator
+        (relative difference ~1e-7, float32 summation order; the back projection is identical), 4-7x faster
+        per call on CPU (256x256, 60 fan-beam views, one thread). ``True``: from the first call. ``"auto"``
+        (default): once a geometry has been projected :data:`MATRIX_AUTO_CALLS` times with ASTRA (building
+        the matrix costs 20-40 projections, so a physics used for a few calls never pays for it), and only
+        when the matrix is estimated below :data:`MATRIX_AUTO_BYTES` (about 105 MB estimated, 82 MB real,
+        for 256x256 and 60 views, matrix and transpose). ``False``: never. FBP is not affected.
     :param bool normalize: divide :meth:`A` and :meth:`A_adjoint` by the operator norm :math:`\|A\|`
         (deepinv's convention, as :class:`deepinv.physics.Tomography`), so that :math:`\|A\| = 1` and
         :math:`A^\top y` is on the image's scale. The norm is computed once by power iteration (and
@@ -400,10 +454,13 @@ class AstraCT(LinearPhysics):
         noise_model: NoiseModel | None = None,
         device: torch.device | str = "cpu",
         normalize: bool = True,
+        matrix: bool | str = "auto",
         **kwargs,
     ) -> None:
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+        if not (matrix is True or matrix is False or (isinstance(matrix, str) and matrix == "auto")):
+            raise ValueError(f"matrix must be True, False or 'auto', got {matrix!r}")
         try:
             import astra  # noqa: F401  (lazy: heavy optional dependency)
         except ImportError as e:
@@ -542,6 +599,7 @@ class AstraCT(LinearPhysics):
         self.n_detectors = n_detectors
         self.projector = projector
         self.n_threads = int(n_threads) if n_threads is not None else torch.get_num_threads()
+        self.matrix = matrix
         # float64 so that the geometry handed to ASTRA is exactly what the user gave
         self.register_buffer("angles", angles)
         self._engine_cache = None
@@ -691,6 +749,21 @@ class AstraCT(LinearPhysics):
             )
         return vol, proj
 
+    def matrix_bytes(self) -> int:
+        r"""Estimated bytes of the sparse projection matrix of a 2D CPU projector (float32 weights and int32
+        indices; a ray crosses at most about 1.2 x the longer image side pixels per cell of the line kernels)."""
+        h, w = self.image_shape[-2:]
+        cols = self.n_detectors[1] if isinstance(self.n_detectors, tuple) else self.n_detectors
+        # W and its transpose
+        return int(2 * 8 * self.angles.shape[0] * cols * 1.2 * max(h, w) * (2 if "strip" in self.projector else 1))
+
+    def _use_matrix(self) -> bool | str:
+        if self.backend == "cuda" or self.matrix is False:
+            return False
+        if self.matrix is True:
+            return True
+        return "auto" if self.matrix_bytes() <= MATRIX_AUTO_BYTES else False
+
     def _engine(self):
         r"""The ASTRA engine of the current geometry, rebuilt when the angle buffer changes."""
         key = self._geometry_key()
@@ -703,7 +776,8 @@ class AstraCT(LinearPhysics):
             if proj["type"] in ("parallel3d", "cone"):
                 engine = _Engine3D(vol, proj)
             else:
-                engine = _Engine2D(vol, proj, self.projector, cuda=self.backend == "cuda", n_threads=self.n_threads)
+                engine = _Engine2D(vol, proj, self.projector, cuda=self.backend == "cuda", n_threads=self.n_threads,
+                                    matrix=self._use_matrix())
             self._engine_cache = (key, engine)
         return self._engine_cache[1]
 
