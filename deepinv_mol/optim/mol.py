@@ -13,6 +13,7 @@ from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 
 from ..equilibrium import BackwardConfig, EquilibriumStats, SolverStats, equilibrium
+from ..recompute import recompute_call
 from .data_consistency import regularised_solve, start_image
 
 __all__ = ["MOL", "DataConsistencyConfig"]
@@ -156,6 +157,10 @@ class MOL(Reconstructor):
     :param bool learn_lambda: make :math:`\lambda` a trainable parameter.
     :param bool learn_alpha: make :math:`\alpha` a trainable parameter (kept in (0, 1)).
     :param bool warn: warn when a forward or backward solve does not converge.
+    :param bool recompute: recompute the network's feature maps in the backward pass instead of storing
+        them (:func:`deepinv_mol.recompute.recompute_call`): the differentiable step then keeps only its
+        input image, so a training step's peak memory is a few feature maps above that of the no-grad solve.
+        Same gradients; the backward costs more network evaluations (see ``docs/theory.rst``, Memory).
     :param str, torch.device device: device.
 
     :Examples:
@@ -188,6 +193,7 @@ class MOL(Reconstructor):
         learn_lambda: bool = True,
         learn_alpha: bool = False,
         warn: bool = True,
+        recompute: bool = True,
         device: str | torch.device = "cpu",
         **legacy,
     ):
@@ -236,6 +242,9 @@ class MOL(Reconstructor):
             )
         self.dc_config = data_consistency
         self.warn = bool(warn)
+        if not isinstance(recompute, bool):
+            raise TypeError(f"recompute must be a bool, got {type(recompute).__name__} {recompute!r}")
+        self.recompute = recompute
         raw_lambda = torch.tensor(_inv_softplus(lambda_))
         self.learn_lambda = bool(learn_lambda)
         if learn_lambda:
@@ -289,6 +298,7 @@ class MOL(Reconstructor):
             "learn_lambda": self.learn_lambda,
             "learn_alpha": self.learn_alpha,
             "warn": self.warn,
+            "recompute": self.recompute,
         }
 
     # ------------------------------------------------------------------ parameters
@@ -339,7 +349,7 @@ class MOL(Reconstructor):
         :param torch.Tensor x: current image.
         :raises ValueError: if the denoiser's output is not a tensor of the shape of ``x``.
         """
-        h = self.denoiser(x)
+        h = recompute_call(self.denoiser, x) if self.recompute and torch.is_grad_enabled() else self.denoiser(x)
         if not isinstance(h, Tensor) or h.shape != x.shape:
             got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
             raise ValueError(
