@@ -65,16 +65,17 @@ class _LeanReLUCNN(torch.autograd.Function):
             for j in range(i):  # the input of layer i, recomputed (two maps alive at a time)
                 h = torch.relu_(conv(h, weights[j], biases[j], padding=pad))
             if i < depth - 1:  # g is the gradient w.r.t. relu(a_i): mask it by a_i > 0
-                a = conv(h, weights[i], biases[i], padding=pad)
-                g = g * (a > 0) if g is grad else g.mul_(a > 0)
-                del a
+                mask = conv(h, weights[i], biases[i], padding=pad) > 0
+                g = g * mask if g is grad else g.mul_(mask)
+                del mask
             if ctx.needs_input_grad[4 + i]:
                 grad_w[i] = conv_weight(h, weights[i].shape, g, padding=pad)
             if biases[i] is not None and ctx.needs_input_grad[4 + depth + i]:
                 grad_b[i] = g.sum(dim=(0,) + tuple(range(2, g.ndim)))
+            shape = h.shape
+            del h  # the input grad needs only the input's shape: one map fewer alive
             if i > 0 or ctx.needs_input_grad[0]:
-                g = conv_input(h.shape, weights[i], g, padding=pad)
-            del h
+                g = conv_input(shape, weights[i], g, padding=pad)
         grad_x = g if ctx.needs_input_grad[0] else None
         return (grad_x, None, None, None, *grad_w, *grad_b)
 
