@@ -150,3 +150,10 @@ def test_luser_recompute_default_same_gradients_and_less_saved():
         assert _rel(grads["lean"][name], grads["stored"][name]) < 1e-6, name
     # stored: per step at least z*, the step's ReLU outputs (3 width-8 maps of 24x24 float32)
     assert saved["stored"] - saved["lean"] >= 3 * 3 * 8 * 24 * 24 * 8
+
+
+def test_shallow_recompute_must_be_bool():
+    from deepinv_mol.models import ShallowEquilibrium
+
+    with pytest.raises(TypeError, match="recompute must be a bool"):
+        ShallowEquilibrium(recompute=1)
