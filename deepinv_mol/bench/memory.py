@@ -42,6 +42,7 @@ __all__ = [
     "bench_memory_vs_size",
     "plot_memory_vs_iterations",
     "plot_memory_vs_size",
+    "size_summary",
 ]
 
 
@@ -536,29 +537,51 @@ def bench_memory_vs_size(
     settings = dict(geometries=list(geometries), models=list(models), ladders={g: ladders[g] for g in geometries},
                     targets={g: targets[g] for g in geometries}, num_iter=num_iter, width=width, depth=depth,
                     budgets_gib=list(budgets_gib), memory="state_rss + peak_rss_increase" if rss else "saved_bytes")
-    rows, derived = [], []
+    rows = []
     bar = progress_bar(sum(len(ladders[g]) for g in geometries) * len(models), "memory vs size", enabled=progress)
     for g in geometries:
         task_name = GEOMETRIES[g][0]
-        fits = {}
         for m in models:
-            pts = []
             for shape in ladders[g]:
                 t0 = time.perf_counter()
                 r = training_step_memory(_size_setup, rss=rss, task_name=task_name, shape=tuple(shape), model=m,
                                          num_iter=num_iter, width=width, depth=depth)
-                voxels = math.prod(shape)
                 total = (r.get("state_rss") or 0) + (r.get("peak_rss_increase") or 0) if rss else r["saved_bytes"]
-                rows.append({"geometry": g, "task": task_name, "model": m, "shape": list(shape), "voxels": voxels,
-                             "source": "measured", **r, "train_memory": total,
+                rows.append({"geometry": g, "task": task_name, "model": m, "shape": list(shape),
+                             "voxels": math.prod(shape), "source": "measured", **r, "train_memory": total,
                              "seconds": round(time.perf_counter() - t0, 1)})
-                pts.append((voxels, total))
                 bar.update(1)
+    bar.close()
+    rows += size_summary(rows, targets, budgets_gib)
+    if json_path is not None:
+        write_json(json_path, "memory-size", settings, rows)
+    if figure_path is not None:
+        plot_memory_vs_size(rows, figure_path)
+    return rows
+
+
+def size_summary(rows: list, targets: dict, budgets_gib=(4, 16)) -> list[dict]:
+    r"""The derived rows of :func:`bench_memory_vs_size` from its measured rows: per (geometry, model) the
+    affine fit of ``train_memory`` in the voxels, the extrapolated target and the largest shape inside each
+    budget; per geometry and budget the claim row (the target fits MOL and not MoDL).
+
+    :param list rows: measured rows (``geometry``, ``model``, ``shape``, ``voxels``, ``train_memory``).
+    :param dict targets: geometry -> target shape.
+    :param budgets_gib: budgets in GiB.
+    :return: the derived rows.
+    """
+    derived = []
+    for g in dict.fromkeys(r["geometry"] for r in rows if r.get("source") == "measured"):
+        done = {}
+        for m in dict.fromkeys(r["model"] for r in rows if r.get("geometry") == g and r.get("source") == "measured"):
+            meas = [r for r in rows if r.get("geometry") == g and r.get("model") == m and r.get("source") == "measured"]
+            pts = [(r["voxels"], r["train_memory"]) for r in meas if r.get("train_memory")]
+            if len(pts) < 2:
+                continue
             a, b = _fit_affine([p[0] for p in pts], [p[1] for p in pts])
             resid = max(abs(a + b * v - w) / w for v, w in pts)
-            fits[m] = (a, b)
             derived.append({"geometry": g, "model": m, "kind": "fit", "source": "fit", "intercept_mb": a / 2**20,
-                            "mb_per_kvoxel": b * 1000 / 2**20, "fit_max_rel_residual": resid})
+                            "mb_per_kvoxel": b * 1000 / 2**20, "fit_max_rel_residual": resid, "n_sizes": len(pts)})
             target = tuple(targets[g])
             need = a + b * math.prod(target)
             row = {"geometry": g, "model": m, "kind": "target", "source": "extrapolated", "shape": list(target),
@@ -566,27 +589,21 @@ def bench_memory_vs_size(
             for budget in budgets_gib:
                 row[f"fits_{budget:g}gib"] = bool(need <= budget * 2**30)
             derived.append(row)
+            done[m] = row
             for budget in budgets_gib:
                 v_max = (budget * 2**30 - a) / b if b > 0 else float("inf")
-                shape = _largest_shape(g, v_max, ladders[g][0])
+                shape = _largest_shape(g, v_max, meas[0]["shape"])
                 derived.append({"geometry": g, "model": m, "kind": "budget", "source": "extrapolated",
                                 "budget_gib": budget, "largest_voxels": int(v_max) if math.isfinite(v_max) else None,
                                 "largest_shape": list(shape) if shape else None})
-        if {"MOL", "MoDL"} <= set(fits):
+        if {"MOL", "MoDL"} <= set(done):
             for budget in budgets_gib:
-                mol, modl = (next(r for r in derived if r["geometry"] == g and r["model"] == name
-                                  and r["kind"] == "target") for name in ("MOL", "MoDL"))
+                key = f"fits_{budget:g}gib"
+                mol, modl = done["MOL"][key], done["MoDL"][key]
                 derived.append({"geometry": g, "kind": "claim", "source": "extrapolated", "budget_gib": budget,
-                                "shape": list(targets[g]), "mol_fits": mol[f"fits_{budget:g}gib"],
-                                "modl_fits": modl[f"fits_{budget:g}gib"],
-                                "mol_trains_where_modl_cannot": mol[f"fits_{budget:g}gib"] and not modl[f"fits_{budget:g}gib"]})
-    bar.close()
-    rows += derived
-    if json_path is not None:
-        write_json(json_path, "memory-size", settings, rows)
-    if figure_path is not None:
-        plot_memory_vs_size(rows, figure_path)
-    return rows
+                                "shape": list(targets[g]), "mol_fits": mol, "modl_fits": modl,
+                                "mol_trains_where_modl_cannot": mol and not modl})
+    return derived
 
 
 def plot_memory_vs_size(rows: list, path) -> None:
