@@ -182,6 +182,8 @@ def training_step_memory(
             with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
                 future = pool.submit(_peak_rss_child, factory, args, kwargs, threads)
                 row.update(future.result())
+                row["peak_rss_counts"] = ("increase of the peak RSS over the RSS just before the step, after a "
+                                          "warm-up step; libraries, model, physics and data excluded (state_rss)")
         finally:
             for k, v in saved_env.items():
                 if v is None:
