@@ -7,7 +7,7 @@ r"""The ``deepinv-mol`` command: demo, train, eval, certify, bench.
     deepinv-mol eval --task T (--images F.npy | --split test) --models mol-penalty,mol-strict,modl,luser,cg,adjoint
                      [--json OUT.json] [--seed S] [--figure OUT.png] [--batch-size B]
     deepinv-mol certify --model M [--task T]
-    deepinv-mol bench memory|quality|robustness|convergence|nufft|ct|luser|luser-quality [--json OUT] [--plot OUT.png]
+    deepinv-mol bench memory|memory-k|memory-size|quality|robustness|convergence|nufft|ct|luser|luser-quality [--json OUT] [--plot OUT.png]
 
 This module only parses arguments; the work is done by the library (:mod:`deepinv_mol.evaluation`,
 :mod:`deepinv_mol.training`, :mod:`deepinv_mol.guarantees`, :mod:`deepinv_mol.bench`). Bad input of the user
@@ -292,6 +292,8 @@ def cmd_certify(args: argparse.Namespace) -> int:
 #: benchmark name -> (module of deepinv_mol.bench, function); names without a module yet are reported as such
 BENCHMARKS = {
     "memory": ("memory", "bench_mol_vs_modl"),
+    "memory-k": ("memory", "bench_memory_vs_iterations"),
+    "memory-size": ("memory", "bench_memory_vs_size"),
     "nufft": ("nufft", "bench_normal_operator"),
     "ct": ("ct", "bench_ct_vs_tomography"),
     "luser": ("luser", "bench_luser_memory"),

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from deepinv.models import Denoiser, DnCNN
 from torch import Tensor, nn
 
-from ..equilibrium import BackwardConfig, EquilibriumStats, equilibrium
+from torch.autograd.function import once_differentiable
+
+from ..equilibrium import BackwardConfig, EquilibriumStats, _warn_unconverged, equilibrium, fixed_point
 from .conv_norm import CertifiedNorms, power_iteration, power_norm
 
 __all__ = ["ShallowEquilibrium", "FeedForwardRegularizer"]
@@ -115,6 +117,12 @@ class ShallowEquilibrium(Denoiser):
     :param int power_size: spatial side of the persistent power-iteration vectors (default 32 in 2D, 16 in 3D;
         smaller grids underestimate the operator norm on large images).
     :param bool warn: emit ``RuntimeWarning`` when the inner (or adjoint) solve does not converge.
+    :param bool recompute: when gradients are enabled, keep only the input image for the backward pass
+        (not the hidden maps of the differentiable step, nor :math:`z^\star`): the backward re-runs the
+        no-grad inner solve (deterministic: the same :math:`z^\star`), rebuilds the differentiable step and
+        solves the adjoint fixed point there. Same gradients, one more inner solve per backward; a
+        :class:`~deepinv_mol.optim.LUSER` training step then stores an image per unrolled step instead of
+        several ``width``-channel maps. No double backward (``create_graph``) through it.
     :param str, torch.device device: device.
 
     :Examples:
@@ -150,9 +158,12 @@ class ShallowEquilibrium(Denoiser):
         power_iterations: int = 1,
         power_size: int | None = None,
         warn: bool = True,
+        recompute: bool = True,
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
+        if not isinstance(recompute, bool):
+            raise TypeError(f"recompute must be a bool, got {type(recompute).__name__} {recompute!r}")
         for name, value in (("channels", channels), ("width", width), ("depth", depth), ("max_iter", max_iter),
                             ("backward_max_iter", backward_max_iter)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -186,6 +197,7 @@ class ShallowEquilibrium(Denoiser):
         )
         self.power_iterations = power_iterations
         self.warn = warn
+        self.recompute = recompute
         self._solve: EquilibriumStats | None = None  # last call's statistics (backward part filled by the engine)
         self._certified = CertifiedNorms(1e-3)
 
@@ -236,6 +248,7 @@ class ShallowEquilibrium(Denoiser):
             "power_iterations": int(self.power_iterations),
             "power_size": int(self.power_size),
             "warn": bool(self.warn),
+            "recompute": bool(self.recompute),
         }
 
     # ------------------------------------------------------------------ operator norms
@@ -311,20 +324,39 @@ class ShallowEquilibrium(Denoiser):
         :returns: a callable ``f(z)`` on hidden states ``(B, width, *spatial)``.
         """
         _check_image(v, self.channels, self.dims, type(self).__name__)
-        injection = self.inject(v)
-        weights = self.normalised_weights()
-        biases = [layer.bias for layer in self.z_convs]
+        return self._map(v, self._params())
+
+    def _params(self) -> list[Tensor]:
+        # [normalised z-path weights, z-path biases, injection weight, bias, read-out weight, bias]
+        return [*self.normalised_weights(), *[layer.bias for layer in self.z_convs], self.inject.weight,
+                self.inject.bias, self.readout.weight, self.readout.bias]
+
+    def _map(self, v: Tensor, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
+        L = self.depth
+        weights, biases = params[:L], params[L : 2 * L]
+        injection = (F.conv2d if self.dims == 2 else F.conv3d)(v, params[2 * L], params[2 * L + 1],
+                                                               padding=self.kernel_size // 2)
+        shape = (1, -1) + (1,) * self.dims
 
         def f(z: Tensor) -> Tensor:
             h = z
             for i, (w, b) in enumerate(zip(weights, biases)):
-                h = self._conv(h, w) + b.view((1, -1) + (1,) * self.dims)
+                h = self._conv(h, w) + b.view(shape)
                 if i == 0:
                     h = h + injection
                 h = F.relu(h)
             return h
 
         return f
+
+    def _readout(self, z: Tensor, params: list[Tensor]) -> Tensor:
+        return (F.conv2d if self.dims == 2 else F.conv3d)(z, params[-2], params[-1], padding=self.kernel_size // 2)
+
+    def _solve_hidden(self, v: Tensor, params: list[Tensor]):
+        # the no-grad inner solve (the same call as the engine's forward)
+        with torch.no_grad():
+            return fixed_point(self._map(v, params), self.hidden_init(v), max_iter=self.max_iter, tol=self.tol,
+                               anderson=self.anderson, beta=self.beta)
 
     def hidden_init(self, v: Tensor) -> Tensor:
         r"""Initial hidden state :math:`z_0 = 0` of shape ``(B, width, *spatial)``.
@@ -351,6 +383,11 @@ class ShallowEquilibrium(Denoiser):
         _check_image(x, self.channels, self.dims, type(self).__name__)
         if self.training and self.power_iterations > 0:
             self.update_normalisation(self.power_iterations)
+        if self.recompute and torch.is_grad_enabled():
+            holder: dict = {}
+            out = _RecomputedEquilibrium.apply(self, holder, x, *self._params())
+            self._solve = holder["stats"]
+            return out
         f = self.fixed_point_map(x)
         z, stats = equilibrium(
             f,
@@ -382,6 +419,68 @@ class ShallowEquilibrium(Denoiser):
         out = dict(self._solve.as_dict())
         out["contraction"] = self.contraction
         return out
+
+
+class _RecomputedEquilibrium(torch.autograd.Function):
+    r"""``v + C z*(v)`` of a :class:`ShallowEquilibrium` storing only ``v`` and the (small) weights; the
+    backward re-solves for :math:`z^\star`, builds one differentiable step there and solves the adjoint
+    fixed point :math:`g = J_f(z^\star)^\top g + C^\top \bar o` (as :func:`deepinv_mol.equilibrium.equilibrium`
+    does with a stored step)."""
+
+    @staticmethod
+    def forward(ctx, module, holder, v, *params):
+        z, fstats = module._solve_hidden(v, list(params))
+        name = f"{type(module).__name__} inner solve"
+        if module.warn and not fstats.converged:
+            _warn_unconverged(fstats, module.tol, module.max_iter, name)
+        with torch.no_grad():
+            out = v + module._readout(z, list(params))
+        stats = EquilibriumStats(forward=fstats)
+        holder["stats"] = stats
+        ctx.module, ctx.stats, ctx.name = module, stats, name
+        ctx.save_for_backward(v, *params)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        module, cfg = ctx.module, ctx.module.backward_config
+        v, *params = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:]  # v, then params
+        z_star, _ = module._solve_hidden(v, params)  # deterministic: the forward's z*
+        with torch.enable_grad():
+            v_ = v.detach().requires_grad_(needs[0])
+            ps = [p.detach().requires_grad_(bool(n)) for p, n in zip(params, needs[1:])]
+            z_ro = z_star.detach().requires_grad_()
+            ro = module._readout(z_ro, ps)
+            ro_inputs = [z_ro] + [p for p in ps[-2:] if p.requires_grad]
+            ro_grads = list(torch.autograd.grad(ro, ro_inputs, grad_out))
+            u = ro_grads.pop(0)  # dL/dz*
+            z_in = z_star.detach().requires_grad_()
+            z_out = module._map(v_, ps)(z_in)
+        g = u
+        if cfg.mode == "implicit" and z_out.requires_grad:
+            def vjp_step(w: Tensor) -> Tensor:
+                (jtw,) = torch.autograd.grad(z_out, z_in, w, retain_graph=True, allow_unused=True)
+                return u if jtw is None else jtw + u
+
+            g, bstats = fixed_point(vjp_step, u, max_iter=cfg.max_iter, tol=cfg.tol, anderson=cfg.anderson)
+            ctx.stats.backward = bstats
+            if module.warn and not bstats.converged:
+                _warn_unconverged(bstats, cfg.tol, cfg.max_iter, f"adjoint (backward) {ctx.name}")
+            if bstats.diverged:
+                g = u  # a diverged adjoint iterate is no gradient: fall back to Jacobian-free
+        f_inputs = [t for t in [v_] + ps[:-2] if t.requires_grad]
+        f_grads = list(torch.autograd.grad(z_out, f_inputs, g, allow_unused=True)) if f_inputs and z_out.requires_grad else []
+        grads: list = []
+        for t in [v_] + ps[:-2]:
+            grads.append(f_grads.pop(0) if t.requires_grad and f_grads else None)
+        for t in ps[-2:]:
+            grads.append(ro_grads.pop(0) if t.requires_grad else None)
+        grad_v = grads[0]
+        if needs[0]:
+            grad_v = grad_out if grad_v is None else grad_v + grad_out
+        return (None, None, grad_v, *grads[1:])
 
 
 class FeedForwardRegularizer(nn.Module):

@@ -83,9 +83,12 @@ class LUSER(Reconstructor):
     :math:`\|Ax_K - y\| / \|y\| > 10` (the zero image has misfit 1) sets ``stats["diverged"]``, names the
     cause in ``stats["divergence"]`` and emits a ``RuntimeWarning``.
 
-    The training memory of a step with a shallow equilibrium regularizer is that of one evaluation of
-    its shallow network, whatever the number of inner iterations; with a deep feed-forward regularizer
-    (:class:`UnrolledFeedForward`) it is that of every layer.
+    The training memory of a step with a shallow equilibrium regularizer does not depend on the number of
+    inner iterations; with the default ``recompute=True`` of :class:`~deepinv_mol.models.ShallowEquilibrium`
+    each unrolled step stores only its input image (its backward re-solves the inner fixed point and
+    rebuilds the one differentiable step there), so what grows with :math:`K` is an image, the CG data
+    step's solution and the parameter gradients per step. With a deep feed-forward regularizer
+    (:class:`UnrolledFeedForward`, no recomputation: the baseline) it is every layer's activations.
 
     Works with any :class:`deepinv.physics.LinearPhysics`, trains with :class:`deepinv.Trainer` and follows
     deepinv's reconstructor conventions (``model(y, physics)``; ``x_gt=`` and ``compute_metrics=True`` return

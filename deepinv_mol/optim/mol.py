@@ -13,6 +13,7 @@ from deepinv.models import Reconstructor
 from deepinv.physics import LinearPhysics
 
 from ..equilibrium import BackwardConfig, EquilibriumStats, SolverStats, equilibrium
+from ..recompute import recompute_call
 from .data_consistency import regularised_solve, start_image
 from .scaling import apply_scale, check_scale_options, measurement_scale
 
@@ -164,6 +165,10 @@ class MOL(Reconstructor):
         Off by default for the class (the plain map); on for the package's models (:func:`deepinv_mol.pretrained.load_pretrained`, ``deepinv-mol train``).
     :param float scale_reference: the value of the scale statistic on the training distribution (:math:`s = 1` there;
         :data:`deepinv_mol.optim.scaling.TASK_SCALE_REFERENCE`).
+    :param bool recompute: recompute the network's feature maps in the backward pass instead of storing
+        them (:func:`deepinv_mol.recompute.recompute_call`): the differentiable step then keeps only its
+        input image, so a training step's peak memory is a few feature maps above that of the no-grad solve.
+        Same gradients; the backward costs more network evaluations (see ``docs/theory.rst``, Memory).
     :param str, torch.device device: device.
 
     :Examples:
@@ -198,6 +203,7 @@ class MOL(Reconstructor):
         warn: bool = True,
         scale_equivariant: bool = False,
         scale_reference: float = 1.0,
+        recompute: bool = True,
         device: str | torch.device = "cpu",
         **legacy,
     ):
@@ -247,6 +253,9 @@ class MOL(Reconstructor):
         self.dc_config = data_consistency
         self.warn = bool(warn)
         self.scale_equivariant, self.scale_reference = check_scale_options(scale_equivariant, scale_reference)
+        if not isinstance(recompute, bool):
+            raise TypeError(f"recompute must be a bool, got {type(recompute).__name__} {recompute!r}")
+        self.recompute = recompute
         raw_lambda = torch.tensor(_inv_softplus(lambda_))
         self.learn_lambda = bool(learn_lambda)
         if learn_lambda:
@@ -302,6 +311,7 @@ class MOL(Reconstructor):
             "warn": self.warn,
             "scale_equivariant": self.scale_equivariant,
             "scale_reference": self.scale_reference,
+            "recompute": self.recompute,
         }
 
     # ------------------------------------------------------------------ parameters
@@ -353,7 +363,7 @@ class MOL(Reconstructor):
         :param torch.Tensor x: current image.
         :raises ValueError: if the denoiser's output is not a tensor of the shape of ``x``.
         """
-        h = self.denoiser(x)
+        h = recompute_call(self.denoiser, x) if self.recompute and torch.is_grad_enabled() else self.denoiser(x)
         if not isinstance(h, Tensor) or h.shape != x.shape:
             got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
             raise ValueError(
