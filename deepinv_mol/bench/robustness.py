@@ -158,8 +158,10 @@ def bench_robustness(
     random_max``), ``certified_bound`` (MOL-strict only, else ``None``), ``within_certificate``
     (MOL-strict: ``worst_case <= certified_bound``), ``slack`` (MOL-strict: ``certified_bound / worst_case``
     and its split by :func:`certificate_slack` at the worst perturbation of the worst image, else ``None``),
-    ``ratio_to_modl`` (``worst_case`` over MoDL's at the same
-    task and budget, when MoDL is measured; the paper's claim is MOL-strict <= 1/2), and the per-image
+    ``network_lipschitz`` (local Lipschitz estimate of the model's network ``denoiser`` at its first
+    reconstruction, a lower bound of its Lipschitz constant; ``None`` without one), ``ratio_to_modl``
+    (``worst_case`` over MoDL's at the same task and budget, when MoDL is measured; the paper's claim is
+    MOL-strict <= 1/2), and the per-image
     values ``worst_case_per_image``, ``random_per_image``, ``ascent_history`` (largest amplification after
     each ascent step, first image).
 
@@ -177,7 +179,7 @@ def bench_robustness(
     :param bool progress: show a progress bar.
     :return: the rows.
     """
-    from ..guarantees import certify, worst_case_perturbation
+    from ..guarantees import certify, estimate_lipschitz, worst_case_perturbation
 
     budgets = tuple(float(b) for b in budgets)
     if not budgets or min(budgets) <= 0:
@@ -196,6 +198,11 @@ def bench_robustness(
             if name == "mol-strict":
                 report = certify(model, problem.physics, x=problem.xs[0])
                 bound, margin = report.robustness_bound, report.margin
+            network, lipschitz = getattr(model, "denoiser", None), None
+            if isinstance(network, torch.nn.Module) and any(True for _ in network.parameters()):
+                with torch.no_grad():
+                    x_first = model(problem.ys[0], problem.physics)
+                lipschitz = float(estimate_lipschitz(network, x_first, n_iter=30, warn=False).value)
             for b_index, rho in enumerate(budgets):
                 worst, rand, history, deltas_found = [], [], [], []
                 for i, y in enumerate(problem.ys):
@@ -234,6 +241,7 @@ def bench_robustness(
                     "certified_bound": bound,
                     "within_certificate": None if bound is None else bool(max(worst) <= bound),
                     "slack": slack,
+                    "network_lipschitz": lipschitz,
                     "worst_case_per_image": worst,
                     "random_per_image": [max(a) for a in rand],
                     "ascent_history": history,
