@@ -650,6 +650,10 @@ def _robustness_notes(payload: dict) -> list[str]:
             text = f"{task}, {100 * rho:g} % of ||y||: MOL-strict's worst case {_fmt(strict['worst_case'])}"
             if modl:
                 text += f", MoDL's {_fmt(modl['worst_case'])} (ratio {_fmt(strict.get('ratio_to_modl'))}, target <= 0.5)"
+            if strict.get("network_lipschitz") is not None:
+                text += f"; local Lipschitz of the network: MOL-strict {_fmt(strict['network_lipschitz'])}"
+                if modl and modl.get("network_lipschitz") is not None:
+                    text += f", MoDL {_fmt(modl['network_lipschitz'])}"
             if strict.get("certified_bound"):
                 text += f"; certified bound {_fmt(strict['certified_bound'])}"
             slack = strict.get("slack")
@@ -677,26 +681,29 @@ _INTRO = {
                    "points reached from random starts.",
 }
 
-_ROBUSTNESS_TEXT = """\
-Why the certificate bounds MOL-strict but does not make it less sensitive than MoDL. The certificate is a
-worst case over every network with the certified Lipschitz bound and every operator with the same lambda
-and ||A||: at a fixed point, m ||dx||^2 + lambda ||A dx||^2 = lambda <A dx, d>, hence
-||dx|| <= sqrt(lambda / (4 m)) ||d|| with m = 1 - Lip(H) (0.01 for the shipped networks, Lip(H) <= 0.99). The
-trained map's sensitivity is set by its Jacobian, (J_F + lambda A^H A)^(-1) lambda A^H with F = I - H. A
-converged MoDL solves an equation of the same form, (I - D)(x) + gamma A^H (A x - y) = 0 (gamma its data
-step, started at MOL's lambda), with its network D in place of H; its ten unrolled iterations stay close to
-it. Both networks are trained from the identity on the same data, and the local Lipschitz estimates of the
-two networks at the reconstructions ("network_lipschitz") are alike, so both maps amplify perturbations
-alike. A monotone-operator guarantee caps MOL's amplification whatever the weights; it does not push it
-below that of a reconstruction whose network is just as tame. The paper's factor 2 compares with a MoDL
-whose network is steeper (the guarantees tutorial shows such a network's amplification growing): the
-guarantee matters when nothing else keeps the network tame, not on these weights.
-Where the slack goes: the three factors (network, alignment, balance) multiply to
-sqrt(lambda / (4 m)) / amplification. "network" is sqrt(m_eff / m), the monotonicity met along the change
-over the certified one: the trained network is far less expansive along dx than its bound allows.
-"alignment" is Cauchy-Schwarz: the part of d that A dx does not see (e.g. in the null space of A^H) changes
-nothing. "balance" is t(1 - t) <= 1/4 with t = ||A dx|| / ||d||: the bound is reached only where A has
-singular values near sqrt(m / lambda)."""
+_ROBUSTNESS_TEXT = [
+    """What the certificate says. At a fixed point of MOL, m ||dx||^2 + lambda ||A dx||^2 = lambda <A dx, d>
+for a perturbation d of y, hence ||dx|| <= sqrt(lambda / (4 m)) ||d|| with m = 1 - Lip(H) (0.01 for the
+shipped networks, certified Lip(H) <= 0.99). This caps MOL-strict's amplification whatever its weights; it is
+a worst case over every network with that bound and every operator with that lambda and ||A||, not a
+comparison with another method.""",
+    """Why it bounds but does not by itself make MOL less sensitive than MoDL. The trained map's sensitivity is
+set by its Jacobian, (J_F + lambda A^H A)^(-1) lambda A^H with F = I - H. A converged MoDL solves an equation
+of the same form, (I - D)(x) + gamma A^H (A x - y) = 0 (gamma its data step, started at MOL's lambda), with its
+network D in place of H; its ten unrolled iterations stay close to it. So the two differ only through their
+networks. MoDL's network is unconstrained (trained from the identity, no penalty): where its local gain
+exceeds 1, I - D is not monotone along some directions, only the data term holds the change back, and the
+amplification grows (the guarantees tutorial shows this with a steep network). Where MoDL's network stays as
+tame as MOL's, both maps amplify alike: the guarantee caps MOL, it does not push it below a reconstruction
+whose network happens to be just as tame. The local Lipschitz estimates of the networks at the
+reconstructions (network_lipschitz, lower bounds) tell which case a run is in.""",
+    """Where the slack goes. The three factors multiply to sqrt(lambda / (4 m)) / amplification (closure = 1
+at exact fixed points). "network" is sqrt(m_eff / m), the monotonicity met along the change over the certified
+one: the trained network is far less expansive along dx than its bound allows, and this factor carries almost
+all the slack. "alignment" is Cauchy-Schwarz: the part of d that A dx does not see (e.g. in the null space of
+A^H) changes nothing. "balance" is t(1 - t) <= 1/4 with t = ||A dx|| / ||d||: the bound is reached only where A
+has singular values near sqrt(m / lambda).""",
+]
 
 
 def _convergence_notes(payload: dict) -> list[str]:
@@ -796,7 +803,7 @@ def render_page(out_dir, page_path, figures_dir=None, title: str = "Benchmarks")
         if rows and columns:
             lines += _list_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows])
         if name == "robustness":
-            lines += _robustness_notes(payload) + [_rst_escape(p) for p in [_ROBUSTNESS_TEXT]] + [""]
+            lines += _robustness_notes(payload) + [line for p in _ROBUSTNESS_TEXT for line in (_rst_escape(p), "")]
         if name == "convergence":
             lines += _convergence_notes(payload) + [_rst_escape(_CONVERGENCE_TEXT), ""]
     return "\n".join(lines).rstrip() + "\n"
