@@ -116,3 +116,15 @@ def test_certificate_slack_closes_at_exact_fixed_points():
     assert s["amplification"] <= s["sqrt_bound"]
     with pytest.raises(ValueError, match="margin must be in"):
         certificate_slack(model, physics, y, delta, margin=0.0)
+
+
+def test_network_of_mol_and_of_deepinv_modl():
+    from deepinv_mol.bench.robustness import _network
+    from deepinv_mol.models import MonotoneCNN
+    from deepinv_mol.optim import MOL
+    from deepinv_mol.optim.baselines import MoDLBaseline
+
+    net = MonotoneCNN(channels=1, width=4, depth=2)
+    assert _network(MOL(denoiser=net)) is net
+    assert _network(MoDLBaseline(denoiser=net, num_iter=2)) is net
+    assert _network(lambda y, physics: y) is None

@@ -90,6 +90,19 @@ def random_amplification(model, physics, y: torch.Tensor, eps: float, n_draws: i
     return amps, deltas
 
 
+def _network(model):
+    r"""The learned network of a reconstructor: ``model.denoiser`` (MOL) or the denoiser of deepinv's unfolded
+    prior (``model.prior[0].denoiser``, MoDL); ``None`` when there is none with weights (CG, LUSER)."""
+    net = getattr(model, "denoiser", None)
+    if net is None:
+        prior = getattr(model, "prior", None)
+        first = prior[0] if isinstance(prior, torch.nn.ModuleList) and len(prior) else prior
+        net = getattr(first, "denoiser", None)
+    if isinstance(net, torch.nn.Module) and any(True for _ in net.parameters()):
+        return net
+    return None
+
+
 def _real(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
@@ -158,8 +171,7 @@ def bench_robustness(
     random_max``), ``certified_bound`` (MOL-strict only, else ``None``), ``within_certificate``
     (MOL-strict: ``worst_case <= certified_bound``), ``slack`` (MOL-strict: ``certified_bound / worst_case``
     and its split by :func:`certificate_slack` at the worst perturbation of the worst image, else ``None``),
-    ``network_lipschitz`` (local Lipschitz estimate of the model's network ``denoiser`` at its first
-    reconstruction, a lower bound of its Lipschitz constant; ``None`` without one), ``ratio_to_modl``
+    ``network_lipschitz`` (local Lipschitz estimate of the model's network at its first reconstruction, a lower bound of its Lipschitz constant; ``None`` without one), ``ratio_to_modl``
     (``worst_case`` over MoDL's at the same task and budget, when MoDL is measured; the paper's claim is
     MOL-strict <= 1/2), and the per-image
     values ``worst_case_per_image``, ``random_per_image``, ``ascent_history`` (largest amplification after
@@ -198,8 +210,8 @@ def bench_robustness(
             if name == "mol-strict":
                 report = certify(model, problem.physics, x=problem.xs[0])
                 bound, margin = report.robustness_bound, report.margin
-            network, lipschitz = getattr(model, "denoiser", None), None
-            if isinstance(network, torch.nn.Module) and any(True for _ in network.parameters()):
+            network, lipschitz = _network(model), None
+            if network is not None:
                 with torch.no_grad():
                     x_first = model(problem.ys[0], problem.physics)
                 lipschitz = float(estimate_lipschitz(network, x_first, n_iter=30, warn=False).value)
