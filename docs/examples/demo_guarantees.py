@@ -159,4 +159,4 @@ for step in range(41):
     loss.backward()
     opt.step()
     if step % 10 == 0:
-        print(f"step {step:2d}: local Lipschitz estimate {penalty.stats["value"]:.3f}, penalty {loss.item():.2f}")
+        print(f"step {step:2d}: local Lipschitz estimate {penalty.stats['value']:.3f}, penalty {loss.item():.2f}")
