@@ -696,7 +696,9 @@ exceeds 1, I - D is not monotone along some directions, only the data term holds
 amplification grows (the guarantees tutorial shows this with a steep network). Where MoDL's network stays as
 tame as MOL's, both maps amplify alike: the guarantee caps MOL, it does not push it below a reconstruction
 whose network happens to be just as tame. The local Lipschitz estimates of the networks at the
-reconstructions (network_lipschitz, lower bounds) tell which case a run is in.""",
+reconstructions (network_lipschitz, lower bounds) and MOL's monotonicity along the change (m_eff) show how
+tame each network is; what decides is the network's gain along the directions A barely sees (the
+undersampled k-space or the missing views), where only the network holds the change back.""",
     """Where the slack goes. The three factors multiply to sqrt(lambda / (4 m)) / amplification (closure = 1
 at exact fixed points). "network" is sqrt(m_eff / m), the monotonicity met along the change over the certified
 one: the trained network is far less expansive along dx than its bound allows, and this factor carries almost
