@@ -69,6 +69,7 @@ def _fixture_folder(tmp_path):
     out = tmp_path / "run"
     write_json(out / "robustness.json", "robustness", {"image_size": 64}, ROBUST_ROWS)
     write_json(out / "convergence.json", "convergence", {"image_size": 64}, CONV_ROWS)
+    write_json(out / "robustness-128.json", "robustness", {"image_size": 128}, ROBUST_ROWS)  # a larger run added
     (out / "robustness.png").write_bytes(b"\x89PNG fake")
     summary = {"preset": "quick", "command": "deepinv-mol bench all --out run", "machine": report.machine(),
                "started": "2026-01-01 00:00 UTC", "seconds": 60.0,
@@ -95,6 +96,9 @@ def test_page_is_valid_rest_with_machine_targets_figures_and_failures(tmp_path):
                    f"deepinv {info['deepinv']}", "2026-01-01 00:00 UTC", "Targets", "NOT met", "Failures",
                    "``memory``: failed", ".. image:: benchmarks/robustness.png"):
         assert needle in text, needle
+    assert text.count("What the certificate says") == 1  # the explanation once, the numbers per run
+    assert text.count("MOL-strict's worst case 0.3, MoDL's 0.75 (ratio 0.4, target <= 0.5)") == 2
+    assert "robustness-128.json" in text
     assert (tmp_path / "docs" / "benchmarks" / "robustness.png").exists()  # the figure travels with the page
     # the README block is replaced, the rest kept
     new = readme.read_text()

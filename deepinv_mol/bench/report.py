@@ -657,6 +657,8 @@ def _robustness_notes(payload: dict) -> list[str]:
             if strict.get("certified_bound"):
                 text += f"; certified bound {_fmt(strict['certified_bound'])}"
             slack = strict.get("slack")
+            if slack and slack.get("margin") is None and slack.get("network"):
+                slack = {**slack, "margin": slack["m_eff"] / slack["network"] ** 2}  # network = sqrt(m_eff / m)
             if slack:
                 text += (f", {_fmt(slack['total'])}x the worst case; the slack splits into network "
                          f"{_fmt(slack['network'])}x (monotonicity met along the change {_fmt(slack['m_eff'])} vs the "
@@ -788,6 +790,7 @@ def render_page(out_dir, page_path, figures_dir=None, title: str = "Benchmarks")
         body = [[r["name"], r["status"], f"{r.get('seconds', 0):.0f}",
                  ", ".join(f"{k}={v}" for k, v in (r.get("kwargs") or {}).items()) or "defaults"] for r in runs]
         lines += _list_table(["benchmark", "status", "seconds", "settings"], body, title="Runs")
+    explained = set()
     for payload in payloads:
         name = payload["benchmark"]
         heading = f"{name} ({payload['_file']})"
@@ -804,10 +807,15 @@ def render_page(out_dir, page_path, figures_dir=None, title: str = "Benchmarks")
         columns = _scalar_columns(rows, name)
         if rows and columns:
             lines += _list_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows])
-        if name == "robustness":
-            lines += _robustness_notes(payload) + [line for p in _ROBUSTNESS_TEXT for line in (_rst_escape(p), "")]
+        if name == "robustness":  # the explanation once, under the first robustness run
+            lines += _robustness_notes(payload)
+            if name not in explained:
+                lines += [line for p in _ROBUSTNESS_TEXT for line in (_rst_escape(p), "")]
         if name == "convergence":
-            lines += _convergence_notes(payload) + [_rst_escape(_CONVERGENCE_TEXT), ""]
+            lines += _convergence_notes(payload)
+            if name not in explained:
+                lines += [_rst_escape(_CONVERGENCE_TEXT), ""]
+        explained.add(name)
     return "\n".join(lines).rstrip() + "\n"
 
 
