@@ -695,7 +695,7 @@ of the same form, (I - D)(x) + gamma A^H (A x - y) = 0 (gamma its data step, sta
 network D in place of H; its ten unrolled iterations stay close to it. So the two differ only through their
 networks. MoDL's network is unconstrained (trained from the identity, no penalty): where its local gain
 exceeds 1, I - D is not monotone along some directions, only the data term holds the change back, and the
-amplification grows (the guarantees tutorial shows this with a steep network). Where MoDL's network stays as
+amplification grows. Where MoDL's network stays as
 tame as MOL's, both maps amplify alike: the guarantee caps MOL, it does not push it below a reconstruction
 whose network happens to be just as tame. The local Lipschitz estimates of the networks at the
 reconstructions (network_lipschitz, lower bounds) and MOL's monotonicity along the change (m_eff) show how
