@@ -105,6 +105,7 @@ def test_page_is_valid_rest_with_machine_targets_figures_and_failures(tmp_path):
     assert "old table" not in new and new.startswith("# x\n") and new.endswith(f"{README_END}\n\nrest\n")
     assert "| MOL-strict more robust than MoDL (worst-case amplification) | MOL-strict/MoDL <= 0.5 |" in new
     assert "`memory`" in new  # failed benchmarks are named
+    assert "relative to \\|\\|x\\|\\| | <= 1e-3 |" in new  # "|" escaped inside Markdown cells
     # without markers: refused, file untouched
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n")
