@@ -7,7 +7,9 @@ r"""The ``deepinv-mol`` command: demo, train, eval, certify, bench.
     deepinv-mol eval --task T (--images F.npy | --split test) --models mol-penalty,mol-strict,modl,luser,cg,adjoint
                      [--json OUT.json] [--seed S] [--figure OUT.png] [--batch-size B]
     deepinv-mol certify --model M [--task T]
-    deepinv-mol bench memory|memory-k|memory-size|quality|robustness|convergence|nufft|ct|luser|luser-quality [--json OUT] [--plot OUT.png]
+    deepinv-mol bench memory|memory-k|memory-size|robustness|convergence|nufft|ct|luser|luser-quality|speed|training-step [--json OUT] [--plot OUT.png]
+    deepinv-mol bench all --out DIR [--preset quick|default|full] [--only A,B] [--skip A,B]
+                          [--page docs/benchmarks.rst] [--readme README.md]
 
 This module only parses arguments; the work is done by the library (:mod:`deepinv_mol.evaluation`,
 :mod:`deepinv_mol.training`, :mod:`deepinv_mol.guarantees`, :mod:`deepinv_mol.bench`). Bad input of the user
@@ -321,7 +323,47 @@ def _bench_function(name):
     return getattr(module, function, None)
 
 
+def _names(text, what):
+    names = [n for n in (text or "").split(",") if n]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise CLIError(f"{what}: unknown benchmark(s) {', '.join(unknown)}; expected among {', '.join(BENCHMARKS)}")
+    return names
+
+
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    r"""``bench all``: every benchmark of :data:`BENCHMARKS` into ``--out``, then the results page."""
+    from .bench.report import run_all, write_page
+
+    if not args.out:
+        raise CLIError("bench all needs --out DIR (the folder of the JSON and PNG files)")
+    for option in ("json", "plot", "tasks", "models", "n_images", "image_size", "steps"):
+        if getattr(args, option, None) is not None:
+            raise CLIError(f"bench all takes no --{option.replace('_', '-')} (sizes come from --preset)")
+    only, skip = _names(args.only, "--only"), _names(args.skip, "--skip")
+    if args.readme and not Path(args.readme).is_file():
+        raise CLIError(f"--readme: no such file {args.readme}")
+    if not args.page_only:
+        check_output_path(str(Path(args.out) / "summary.json"), "--out")
+        table = {name: _bench_function(name) for name in BENCHMARKS}
+        command = " ".join([PROG] + [a for a in getattr(args, "argv", []) if a != "--debug"])
+        summary = run_all(args.out, table, preset=args.preset, only=only, skip=skip, command=command)
+        failed = [r["name"] for r in summary["runs"] if r["status"] != "ok"]
+        print(f"{len(summary['runs']) - len(failed)} of {len(summary['runs'])} benchmarks ran "
+              f"({summary['seconds'] / 60:.1f} min)" + (f"; not measured: {', '.join(failed)}" if failed else ""))
+    elif not (Path(args.out) / "summary.json").is_file():
+        raise CLIError(f"--page-only: no {Path(args.out) / 'summary.json'} (run bench all --out {args.out} first)")
+    page = write_page(args.out, args.page, readme_path=args.readme)
+    print(f"results page: {page}" + (f"; README table: {args.readme}" if args.readme else ""))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.name == "all":
+        return cmd_bench_all(args)
+    for option in ("out", "only", "skip", "page", "readme"):
+        if getattr(args, option, None):
+            raise CLIError(f"--{option} is an option of bench all only")
     fn = _bench_function(args.name)
     if fn is None:
         module_name, function = BENCHMARKS[args.name]
@@ -467,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_certify)
 
     b = sub.add_parser("bench", help="benchmarks (rows of measurements, ratios)")
-    b.add_argument("name", choices=list(BENCHMARKS))
+    b.add_argument("name", choices=["all"] + list(BENCHMARKS))
     b.add_argument("--json", default=None)
     b.add_argument("--plot", default=None)
     b.add_argument("--tasks", default=None, help="comma-separated task names (robustness, convergence, speed)")
@@ -478,6 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
                    default=None)
     b.add_argument("--steps", type=_number_type(int, lambda v: v >= 1, "an integer >= 1"), default=None,
                    help="projected-gradient ascent steps (robustness)")
+    b.add_argument("--out", default=None, help="bench all: folder of the JSON and PNG files")
+    b.add_argument("--preset", default="default", choices=["quick", "default", "full"],
+                   help="bench all: sizes (quick: minutes, a check; default: the results page, well under an hour "
+                        "on 2 cores; full: realistic sizes)")
+    b.add_argument("--only", default=None, help="bench all: comma-separated benchmarks to run")
+    b.add_argument("--skip", default=None, help="bench all: comma-separated benchmarks not to run")
+    b.add_argument("--page", default=None, help="bench all: the results page to write (default OUT/benchmarks.rst; "
+                                                "docs/benchmarks.rst for the documentation)")
+    b.add_argument("--readme", default=None, help="bench all: README whose <!-- bench-table --> block is replaced")
+    b.add_argument("--page-only", dest="page_only", action="store_true",
+                   help="bench all: only regenerate the page from the files already in --out")
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROW_KEYS = {
     "task", "model", "budget", "image_size", "n_images", "steps", "worst_case", "worst_case_mean", "random_mean",
     "random_max", "worst_to_random", "certified_bound", "within_certificate", "ratio_to_modl",
-    "worst_case_per_image", "random_per_image", "ascent_history",
+    "worst_case_per_image", "random_per_image", "ascent_history", "slack", "network_lipschitz",
 }
 
 
@@ -55,6 +55,9 @@ def test_amplification_relations(run):
         assert row["worst_case"] <= row["certified_bound"] * (1 + 1e-3)
         assert row["within_certificate"] is True
     assert all(r["certified_bound"] is None and r["within_certificate"] is None for r in rows if r["model"] == "cg")
+    assert all(r["network_lipschitz"] is None for r in rows if r["model"] == "cg")  # no network
+    # a local estimate is a lower bound of the certified Lipschitz bound (0.99 for the shipped strict network)
+    assert all(0 < r["network_lipschitz"] <= 0.99 + 1e-3 for r in strict)
 
 
 def test_linear_baseline_does_not_depend_on_budget(run):
@@ -77,3 +80,51 @@ def test_bad_arguments():
         bench_robustness(budgets=(0.0,), progress=False)
     with pytest.raises(ValueError, match="batch of 1"):
         random_amplification(lambda y, p: y, None, torch.ones(2, 3), eps=0.1)
+
+
+def test_slack_split_of_the_shipped_strict_model(run):
+    rows, _, _ = run
+    for row in rows:
+        if row["model"] != "mol-strict":
+            assert row["slack"] is None
+            continue
+        s = row["slack"]
+        assert s["total"] == pytest.approx(row["certified_bound"] / row["worst_case"])
+        # each factor is an inequality of the certificate's proof: >= 1 at (near-)exact fixed points
+        for key in ("network", "alignment", "balance"):
+            assert s[key] >= 1 - 1e-2, (key, s)
+
+
+def test_certificate_slack_closes_at_exact_fixed_points():
+    import deepinv as dinv
+
+    from deepinv_mol.bench.robustness import certificate_slack
+    from deepinv_mol.models import MonotoneCNN
+    from deepinv_mol.optim import MOL
+
+    g = torch.Generator().manual_seed(0)
+    physics = dinv.physics.CompressedSensing(m=40, img_size=(1, 8, 8), rng=torch.Generator().manual_seed(1))
+    net = MonotoneCNN(channels=1, width=4, depth=3, lipschitz=0.5).eval()
+    model = MOL(denoiser=net, lambda_=2.0, alpha=1.0, tol=1e-7, max_iter=200).eval()
+    model.warn = False  # the closure needs a tight solve, not a converged one (checked to 1e-3)
+    y = physics(torch.rand(1, 1, 8, 8, generator=g))
+    delta = 0.05 * torch.randn(y.shape, generator=g)
+    s = certificate_slack(model, physics, y, delta, margin=1 - net.lipschitz_bound())
+    # product of the three factors times the amplification is the bound (identity at exact fixed points)
+    assert s["closure"] == pytest.approx(1.0, rel=1e-3)
+    assert min(s["network"], s["alignment"], s["balance"]) >= 1 - 1e-6
+    assert s["amplification"] <= s["sqrt_bound"]
+    with pytest.raises(ValueError, match="margin must be in"):
+        certificate_slack(model, physics, y, delta, margin=0.0)
+
+
+def test_network_of_mol_and_of_deepinv_modl():
+    from deepinv_mol.bench.robustness import _network
+    from deepinv_mol.models import MonotoneCNN
+    from deepinv_mol.optim import MOL
+    from deepinv_mol.optim.baselines import MoDLBaseline
+
+    net = MonotoneCNN(channels=1, width=4, depth=2)
+    assert _network(MOL(denoiser=net)) is net
+    assert _network(MoDLBaseline(denoiser=net, num_iter=2)) is net
+    assert _network(lambda y, physics: y) is None

@@ -20,6 +20,19 @@ For each model, task, test image and budget :math:`\|\delta\| = \rho\,\|y\|` (:m
   :math:`\delta`; a reconstruction stopped at tolerance may exceed it by about ``tol``
   :math:`\|x\|/\|\delta\|`.
 
+Where the certificate's slack goes (:func:`certificate_slack`): at exact fixed points :math:`x, x + \delta x` of
+:math:`F(x) + \lambda A^H(Ax - y) = 0` (:math:`F = I - H`),
+:math:`m_\text{eff}\|\delta x\|^2 + \lambda\|A\delta x\|^2 = \lambda\langle A\delta x, \delta\rangle` with the
+monotonicity actually met along :math:`\delta x`,
+:math:`m_\text{eff} = \langle F(x+\delta x) - F(x), \delta x\rangle/\|\delta x\|^2 \ge m = 1 - \mathrm{Lip}(H)`.
+The bound :math:`\sqrt{\lambda/(4m)}` follows from three inequalities, each with its own factor of slack
+(their product is the ratio bound / amplification): ``network`` :math:`\sqrt{m_\text{eff}/m}` (the network is
+less expansive along :math:`\delta x` than its certified bound), ``alignment`` (Cauchy-Schwarz
+:math:`\langle A\delta x, \delta\rangle \le \|A\delta x\|\|\delta\|`: the part of :math:`\delta` outside the
+direction :math:`A\delta x`, e.g. in the null space of :math:`A^H`, moves nothing) and ``balance``
+(:math:`t(1-t) \le 1/4` with :math:`t = \|A\delta x\|/\|\delta\|`: the bound is attained only where
+:math:`A` has singular values near :math:`\sqrt{m/\lambda}`).
+
 The amplification is in image units per measurement unit, so it compares models on the same task, not
 tasks with each other. For a linear reconstructor (``cg``) it does not depend on the budget and the ascent
 is the power iteration: the worst case tends to the operator norm of the reconstruction map.
@@ -33,7 +46,7 @@ import torch
 
 from .report import TASKS, _seed, bench_problem, load_models, per_sample_norm, progress_bar, write_json
 
-__all__ = ["ROBUSTNESS_MODELS", "random_amplification", "bench_robustness", "plot_robustness"]
+__all__ = ["ROBUSTNESS_MODELS", "random_amplification", "certificate_slack", "bench_robustness", "plot_robustness"]
 
 #: the models compared (the learned ones with the tasks' shipped weights, and the CG baseline)
 ROBUSTNESS_MODELS = ("mol-strict", "mol-penalty", "modl", "luser", "cg")
@@ -77,6 +90,67 @@ def random_amplification(model, physics, y: torch.Tensor, eps: float, n_draws: i
     return amps, deltas
 
 
+def _network(model):
+    r"""The learned network of a reconstructor: ``model.denoiser`` (MOL) or the denoiser of deepinv's unfolded
+    prior (``model.prior[0].denoiser``, MoDL); ``None`` when there is none with weights (CG, LUSER)."""
+    net = getattr(model, "denoiser", None)
+    if net is None:
+        prior = getattr(model, "prior", None)
+        first = prior[0] if isinstance(prior, torch.nn.ModuleList) and len(prior) else prior
+        net = getattr(first, "denoiser", None)
+    if isinstance(net, torch.nn.Module) and any(True for _ in net.parameters()):
+        return net
+    return None
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+@torch.no_grad()
+def certificate_slack(model, physics, y: torch.Tensor, delta: torch.Tensor, margin: float) -> dict:
+    r"""Split the slack of MOL's certified bound :math:`\sqrt{\lambda/(4m)}` at one perturbation into its three
+    factors (module docstring): ``network``, ``alignment``, ``balance``; their product is ``sqrt_bound /
+    amplification`` up to the solver's tolerance, which ``closure`` (product times amplification over the
+    bound, 1 at exact fixed points) shows.
+
+    :param model: a MOL model (``denoiser``, ``lambda_``), called as ``model(y, physics)``.
+    :param physics: its forward operator.
+    :param torch.Tensor y: measurements of one image (batch of 1).
+    :param torch.Tensor delta: the perturbation (same shape as ``y``).
+    :param float margin: the certified monotonicity :math:`m = 1 - \mathrm{Lip}(H)`.
+    :return: ``{"amplification", "sqrt_bound", "margin", "m_eff", "t", "cos", "network", "alignment", "balance",
+        "closure"}``.
+    :raises ValueError: ``margin`` not in (0, 1], or a zero perturbation.
+    """
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin must be in (0, 1] (m = 1 - Lip(H) of a certified network), got {margin}")
+    nd = float(per_sample_norm(delta)[0])
+    if nd == 0:
+        raise ValueError("delta must be a non-zero perturbation")
+    lam = float(model.lambda_)
+    x0 = model(y, physics)
+    x1 = model(y + delta, physics)
+    dx = x1 - x0
+    ndx = float(per_sample_norm(dx)[0])
+    dF = dx - (model.denoiser(x1) - model.denoiser(x0))
+    m_eff = float((_real(dF) * _real(dx)).sum()) / max(ndx**2, 1e-30)
+    adx = physics.A(dx)
+    nadx = float(per_sample_norm(adx)[0])
+    inner = float((_real(adx) * _real(delta)).sum())
+    t = nadx / nd
+    amplification = ndx / nd
+    sqrt_bound = math.sqrt(lam / (4 * margin))
+    network = math.sqrt(max(m_eff, 0.0) / margin) if m_eff > 0 else float("nan")
+    gap_cs, gap = nadx * nd - nadx**2, inner - nadx**2
+    alignment = math.sqrt(gap_cs / gap) if gap > 0 and gap_cs > 0 else float("nan")
+    balance = math.sqrt(0.25 / (t * (1 - t))) if 0 < t < 1 else float("nan")
+    closure = network * alignment * balance * amplification / sqrt_bound
+    return {"amplification": amplification, "sqrt_bound": sqrt_bound, "margin": float(margin), "m_eff": m_eff, "t": t,
+            "cos": inner / max(nadx * nd, 1e-30), "network": network, "alignment": alignment, "balance": balance,
+            "closure": closure}
+
+
 def bench_robustness(
     tasks=TASKS,
     models=ROBUSTNESS_MODELS,
@@ -95,8 +169,11 @@ def bench_robustness(
     One row per (task, model, budget): ``worst_case`` (largest over the images), ``worst_case_mean``,
     ``random_mean``, ``random_max`` (over images and draws), ``worst_to_random`` (``worst_case /
     random_max``), ``certified_bound`` (MOL-strict only, else ``None``), ``within_certificate``
-    (MOL-strict: ``worst_case <= certified_bound``), ``ratio_to_modl`` (``worst_case`` over MoDL's at the same
-    task and budget, when MoDL is measured; the paper's claim is MOL-strict <= 1/2), and the per-image
+    (MOL-strict: ``worst_case <= certified_bound``), ``slack`` (MOL-strict: ``certified_bound / worst_case``
+    and its split by :func:`certificate_slack` at the worst perturbation of the worst image, else ``None``),
+    ``network_lipschitz`` (local Lipschitz estimate of the model's network at its first reconstruction, a lower bound of its Lipschitz constant; ``None`` without one), ``ratio_to_modl``
+    (``worst_case`` over MoDL's at the same task and budget, when MoDL is measured; the paper's claim is
+    MOL-strict <= 1/2), and the per-image
     values ``worst_case_per_image``, ``random_per_image``, ``ascent_history`` (largest amplification after
     each ascent step, first image).
 
@@ -114,7 +191,7 @@ def bench_robustness(
     :param bool progress: show a progress bar.
     :return: the rows.
     """
-    from ..guarantees import certify, worst_case_perturbation
+    from ..guarantees import certify, estimate_lipschitz, worst_case_perturbation
 
     budgets = tuple(float(b) for b in budgets)
     if not budgets or min(budgets) <= 0:
@@ -129,11 +206,17 @@ def bench_robustness(
         problem = bench_problem(task_name, n_images, image_size, seed)
         loaded = load_models(models, task_name)
         for name, model in loaded.items():
-            bound = None
+            bound = margin = None
             if name == "mol-strict":
-                bound = certify(model, problem.physics, x=problem.xs[0]).robustness_bound
+                report = certify(model, problem.physics, x=problem.xs[0])
+                bound, margin = report.robustness_bound, report.margin
+            network, lipschitz = _network(model), None
+            if network is not None:
+                with torch.no_grad():
+                    x_first = model(problem.ys[0], problem.physics)
+                lipschitz = float(estimate_lipschitz(network, x_first, n_iter=30, warn=False).value)
             for b_index, rho in enumerate(budgets):
-                worst, rand, history = [], [], []
+                worst, rand, history, deltas_found = [], [], [], []
                 for i, y in enumerate(problem.ys):
                     bar.set_postfix_str(f"{task_name} {name} {rho:g} image {i}")
                     gen = torch.Generator().manual_seed(_seed(seed, t_index, b_index, i))
@@ -145,10 +228,16 @@ def bench_robustness(
                     start = deltas[max(range(len(amps)), key=amps.__getitem__)]
                     result = worst_case_perturbation(model, problem.physics, y, eps, steps=steps, init=start)
                     worst.append(float(result.value))
+                    deltas_found.append(result.delta)
                     if i == 0:
                         history = list(result.history)
                     bar.update(1)
                 random_all = [a for amps in rand for a in amps]
+                slack = None
+                if bound is not None and margin is not None:
+                    k = max(range(len(worst)), key=worst.__getitem__)
+                    slack = {"total": bound / max(max(worst), 1e-30),
+                             **certificate_slack(model, problem.physics, problem.ys[k], deltas_found[k], margin)}
                 rows.append({
                     "task": task_name,
                     "model": name,
@@ -163,6 +252,8 @@ def bench_robustness(
                     "worst_to_random": max(worst) / max(max(random_all), 1e-30),
                     "certified_bound": bound,
                     "within_certificate": None if bound is None else bool(max(worst) <= bound),
+                    "slack": slack,
+                    "network_lipschitz": lipschitz,
                     "worst_case_per_image": worst,
                     "random_per_image": [max(a) for a in rand],
                     "ascent_history": history,
