@@ -252,6 +252,10 @@ PRESETS = {
         "robustness": dict(image_size=32, n_images=1, steps=2, n_random=1),
         "convergence": dict(image_size=32, n_images=1, n_starts=1, authors_max_iter=300),
         "speed": dict(image_size=64, n_images=1, repeats=1),
+        "memory-k": dict(num_iters=(2, 4, 8), image_size=16, width=8),
+        "memory-size": dict(ladders={"2d": ((16, 16), (24, 24), (32, 32)), "2d+t": ((4, 8, 8), (4, 12, 12), (4, 16, 16)),
+                                     "3d": ((8, 8, 8), (10, 10, 10), (12, 12, 12))}, width=8),
+        "training-step": dict(problems=("2d",), size_2d=32, size=16, depth=4, width=8),
     },
     "default": {
         "memory": dict(img_size=256, num_iter=10),
@@ -262,6 +266,9 @@ PRESETS = {
         "robustness": dict(image_size=64, n_images=2, steps=4, n_random=2),
         "convergence": dict(image_size=64, n_images=4, n_starts=2),
         "speed": dict(image_size=256, n_images=1, repeats=1),
+        "memory-k": dict(image_size=64, width=32),
+        "memory-size": dict(),
+        "training-step": dict(size_2d=256, size=32, depth=16),
     },
     "full": {
         "memory": dict(img_size=256, num_iter=10),
@@ -272,6 +279,9 @@ PRESETS = {
         "robustness": dict(image_size=128, n_images=4, steps=8, n_random=3),
         "convergence": dict(image_size=160, n_images=8, n_starts=3),
         "speed": dict(image_size=256),
+        "memory-k": dict(image_size=256, width=64),
+        "memory-size": dict(),
+        "training-step": dict(size_2d=256, size=64, depth=16),
     },
 }
 
