@@ -2,7 +2,7 @@ r"""The ``deepinv-mol`` command: demo, train, eval, certify, bench.
 
 ::
 
-    deepinv-mol demo [--out DIR]
+    deepinv-mol demo [--out DIR] [--heldout NAME [--orientation O] [--size native|task|N]]
     deepinv-mol train --task T --model M [--steps N --batch-size B --crop C --lr LR --out DIR --resume --seed S]
     deepinv-mol eval --task T (--images F.npy | --split test | --heldout NAME [--orientation O] [--size native|task|N])
                      --models mol-penalty,mol-strict,modl,luser,cg,adjoint [--intensity-scale S]
@@ -146,8 +146,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_path(out / "demo.json", "--out")
     check_output_path(out / "demo.png", "--out")
-    data = task.dataset("test", seed=args.seed)
-    source = _source_of(task)
+    _check_heldout_options(args)
+    if args.heldout is not None:
+        data, source = _heldout_data(task, args)
+    else:
+        data, source = task.dataset("test", seed=args.seed), _source_of(task)
     n = min(args.n_images, len(data))
     images = torch.stack([image_of(data[i]) for i in range(n)])
     baselines = ["adjoint", "cg"] + (["fbp"] if task.modality == "ct" else [])
@@ -476,6 +479,17 @@ def _size_option(text):
     return value
 
 
+def _add_heldout_options(parser, group=None):
+    # the held-out images of `eval` and `demo` (deepinv_mol.data.heldout_images)
+    (group or parser).add_argument(
+        "--heldout", metavar="NAME",
+        help="held-out test images never trained on: itk-t1, dipy-t1 (MRI), head-ct (CT held-out slabs)")
+    parser.add_argument("--orientation", choices=("coronal", "axial", "sagittal"), default=None,
+                        help="--heldout slice orientation (default: coronal for MRI, axial for CT)")
+    parser.add_argument("--size", type=_size_option, default=None,
+                        help="--heldout image size: native (default), task (the task's image size) or a side N >= 8")
+
+
 def build_parser() -> argparse.ArgumentParser:
     r"""The argument parser of ``deepinv-mol`` (sub-commands demo, train, eval, certify, bench)."""
     p = _Parser(prog=PROG, description="MOL / LUSER reconstructions for deepinv: demo, train, eval, certify, bench.")
@@ -489,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--batch-size", type=_positive, default=None,
                    help="images reconstructed per call (default: 4 on a GPU, 1 on the CPU, where batching does not pay)")
+    _add_heldout_options(d)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on a task (deepinv.Trainer; resumable; torchrun for DDP)")
@@ -519,12 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help=".npy stack (N, H, W) in [0, 1] or complex (N, 2, H, W)")
     src.add_argument("--split", choices=("train", "val", "test"), help="embedded data split instead of --images")
-    src.add_argument("--heldout", metavar="NAME",
-                     help="held-out test images never trained on: itk-t1, dipy-t1 (MRI), head-ct (CT held-out slabs)")
-    e.add_argument("--orientation", choices=("coronal", "axial", "sagittal"), default=None,
-                   help="--heldout slice orientation (default: coronal for MRI, axial for CT)")
-    e.add_argument("--size", type=_size_option, default=None,
-                   help="--heldout image size: native (default), task (the task's image size) or a side N >= 8")
+    _add_heldout_options(e, src)
     e.add_argument("--intensity-scale", type=_positive_float, default=1.0,
                    help="multiply the images by S before measuring; x_hat / S is scored (intensity-scale probe)")
     e.add_argument("--n-images", type=_positive, default=None,

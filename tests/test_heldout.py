@@ -311,3 +311,12 @@ def test_cli_eval_heldout_runs_and_intensity_scale_is_undone(tmp_path, capsys):
         scores.append(payload["models"]["adjoint"]["psnr"])
     assert abs(scores[0] - scores[1]) < 1e-3
     assert "intensity x2" in capsys.readouterr().out
+
+
+def test_cli_demo_takes_heldout_images(capsys):
+    args = cli.build_parser().parse_args(["demo", "--heldout", "itk-t1", "--orientation", "sagittal", "--size", "task"])
+    assert (args.heldout, args.orientation, args.size, args.n_images) == ("itk-t1", "sagittal", "task", 2)
+    assert cli.main(["demo", "--task", "ct-sparse-view", "--heldout", "dipy-t1", "--out", "/tmp/unused"]) == 2
+    assert "held-out set 'dipy-t1' holds MRI images; task 'ct-sparse-view' is a CT task" in capsys.readouterr().err
+    assert cli.main(["demo", "--orientation", "axial", "--out", "/tmp/unused"]) == 2
+    assert "--orientation applies to --heldout images only" in capsys.readouterr().err
