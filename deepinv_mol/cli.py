@@ -207,9 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     header = _header(task, source, xs)
     print(format_table(results, header=header))
     if args.json:
-        payload = _payload(task.name, len(xs), results, source)
-        payload.update(intensity_scale=args.intensity_scale, image_size=list(xs[0].shape[2:]))
-        _write_json(args.json, payload)
+        _write_json(args.json, _payload(task.name, len(xs), results, source))
     if args.figure:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         save_figure(xs, recons, args.figure, title=header)
