@@ -2,9 +2,10 @@ r"""The ``deepinv-mol`` command: demo, train, eval, certify, bench.
 
 ::
 
-    deepinv-mol demo [--out DIR]
+    deepinv-mol demo [--out DIR] [--heldout NAME [--orientation O] [--size native|task|N]]
     deepinv-mol train --task T --model M [--steps N --batch-size B --crop C --lr LR --out DIR --resume --seed S]
-    deepinv-mol eval --task T (--images F.npy | --split test) --models mol-penalty,mol-strict,modl,luser,cg,adjoint
+    deepinv-mol eval --task T (--images F.npy | --split test | --heldout NAME [--orientation O] [--size native|task|N])
+                     --models mol-penalty,mol-strict,modl,luser,cg,adjoint [--intensity-scale S]
                      [--json OUT.json] [--seed S] [--figure OUT.png] [--batch-size B]
     deepinv-mol certify --model M [--task T]
     deepinv-mol bench memory|memory-k|memory-size|robustness|convergence|nufft|ct|luser|luser-quality|speed|training-step [--json OUT] [--plot OUT.png]
@@ -147,8 +148,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output_path(out / "demo.json", "--out")
     check_output_path(out / "demo.png", "--out")
-    data = task.dataset("test", seed=args.seed)
-    source = _source_of(task)
+    _check_heldout_options(args)
+    if args.heldout is not None:
+        data, source = _heldout_data(task, args)
+    else:
+        data, source = task.dataset("test", seed=args.seed), _source_of(task)
     n = min(args.n_images, len(data))
     images = torch.stack([image_of(data[i]) for i in range(n)])
     baselines = ["adjoint", "cg"] + (["fbp"] if task.modality == "ct" else [])
@@ -180,11 +184,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for path, what in ((args.json, "--json"), (args.figure, "--figure")):  # fail before the work
         if path:
             check_output_path(path, what)
+    _check_heldout_options(args)
     if args.images is not None:
         images = load_image_file(args.images)
         with _user_input(f"--images {args.images}: "):
             data = task.dataset_from(images, seed=args.seed)
         source = f"file {args.images}"
+    elif args.heldout is not None:
+        data, source = _heldout_data(task, args)
     else:
         data = task.dataset(args.split, seed=args.seed)
         source = _source_of(task) + f", {args.split} split"
@@ -193,7 +200,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     models, _ = load_models(task, names)  # weights read and checked once, before the work
     with _user_input(f"--images {args.images}: " if args.images else ""):
         task.spatial_shape(tuple(images.shape[1:]))  # images the task's physics cannot take
-    physics, xs, ys = simulate_set(task, images, args.seed)
+    physics, xs, ys = simulate_set(task, images * args.intensity_scale, args.seed)
+    if args.intensity_scale != 1:  # scored against the unscaled images: PSNR/SSIM of x_hat / s against x
+        source += f", intensity x{args.intensity_scale:g}"
+        xs = [x / args.intensity_scale for x in xs]
+        models = {name: _IntensityScaled(model, args.intensity_scale) for name, model in models.items()}
     results, recons, _ = evaluate_models(task, models, xs, ys, physics, batch_size=args.batch_size or "auto")
     header = _header(task, source, xs)
     print(format_table(results, header=header))
@@ -203,6 +214,63 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         save_figure(xs, recons, args.figure, title=header)
     return 0
+
+
+class _IntensityScaled:
+    r"""A reconstructor whose output is divided by ``scale``: ``eval --intensity-scale s`` measures images
+    multiplied by ``s`` and scores ``x_hat / s`` against the unscaled images (PSNR peak 1), so a reconstructor
+    equivariant to the intensity scale scores the same for every ``s``. ``stats`` are the model's.
+
+    :param model: the reconstructor ``model(y, physics)``.
+    :param float scale: the intensity factor ``s > 0``.
+    """
+
+    def __init__(self, model, scale: float):
+        self.model, self.scale = model, float(scale)
+
+    @property
+    def stats(self):
+        return getattr(self.model, "stats", None)
+
+    def __call__(self, y, physics):
+        return self.model(y, physics) / self.scale
+
+
+def _check_heldout_options(args):
+    # --orientation and --size describe held-out images; --intensity-scale applies to every source
+    if args.heldout is None:
+        for option, value in (("--orientation", args.orientation), ("--size", args.size)):
+            if value is not None:
+                raise CLIError(f"{option} applies to --heldout images only")
+
+
+def _heldout_data(task, args):
+    r"""The dataset and source line of ``eval --heldout NAME [--orientation O] [--size native|task|N]``."""
+    from .data import HELDOUT_SETS, heldout_images
+
+    held = HELDOUT_SETS.get(args.heldout)
+    if held is None:
+        raise CLIError(f"unknown held-out set {args.heldout!r}: expected one of {', '.join(HELDOUT_SETS)}")
+    if held.modality != task.modality:
+        raise CLIError(
+            f"held-out set {args.heldout!r} holds {held.modality.upper()} images; task {task.name!r} is a "
+            f"{task.modality.upper()} task (use one of "
+            f"{', '.join(n for n, s in HELDOUT_SETS.items() if s.modality == task.modality)})"
+        )
+    orientation = args.orientation or held.orientations[0]
+    if orientation not in held.orientations:
+        raise CLIError(f"held-out set {args.heldout!r} has the orientations {', '.join(held.orientations)}, "
+                       f"not {orientation!r}")
+    size = args.size or "native"
+    side = None if size == "native" else tuple(task.image_size) if size == "task" else int(size)
+    try:
+        images = heldout_images(args.heldout, orientation, size=side, n_images=args.n_images)
+    except FileNotFoundError as err:  # a Debian package that is not installed: the user's environment
+        raise CLIError(str(err)) from err
+    with _user_input(f"--heldout {args.heldout}: "):
+        data = task.dataset_from(images[:, 0], seed=args.seed)
+    shown = "native" if side is None else f"{tuple(images.shape[-2:])}"
+    return data, f"held-out {args.heldout} ({orientation}, {shown} size; {held.source})"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -442,7 +510,31 @@ def _number_type(kind, ok, what):
 
 _positive = _number_type(int, lambda v: v >= 1, "a positive integer")
 _nonneg = _number_type(int, lambda v: v >= 0, "a non-negative integer")
-_positive_float = _number_type(float, lambda v: v > 0, "a positive number")
+_positive_float = _number_type(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+
+
+def _size_option(text):
+    # --size: "native", "task" or an image side >= 8
+    if text in ("native", "task"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'native', 'task' or an integer >= 8, got {text!r}") from None
+    if value < 8:
+        raise argparse.ArgumentTypeError(f"expected 'native', 'task' or an integer >= 8, got {text!r}")
+    return value
+
+
+def _add_heldout_options(parser, group=None):
+    # the held-out images of `eval` and `demo` (deepinv_mol.data.heldout_images)
+    (group or parser).add_argument(
+        "--heldout", metavar="NAME",
+        help="held-out test images never trained on: itk-t1, dipy-t1 (MRI), head-ct (CT held-out slabs)")
+    parser.add_argument("--orientation", choices=("coronal", "axial", "sagittal"), default=None,
+                        help="--heldout slice orientation (default: coronal for MRI, axial for CT)")
+    parser.add_argument("--size", type=_size_option, default=None,
+                        help="--heldout image size: native (default), task (the task's image size) or a side N >= 8")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--batch-size", type=_positive, default=None,
                    help="images reconstructed per call (default: 4 on a GPU, 1 on the CPU, where batching does not pay)")
+    _add_heldout_options(d)
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a model on a task (deepinv.Trainer; resumable; torchrun for DDP)")
@@ -493,7 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help=".npy stack (N, H, W) in [0, 1] or complex (N, 2, H, W)")
     src.add_argument("--split", choices=("train", "val", "test"), help="embedded data split instead of --images")
-    e.add_argument("--n-images", type=_positive, default=None, help="evaluate the first N images only")
+    _add_heldout_options(e, src)
+    e.add_argument("--intensity-scale", type=_positive_float, default=1.0,
+                   help="multiply the images by S before measuring; x_hat / S is scored (intensity-scale probe)")
+    e.add_argument("--n-images", type=_positive, default=None,
+                   help="evaluate the first N images only (--heldout: N slices spread evenly)")
     e.add_argument("--models", default="mol-penalty,mol-strict,modl,luser,cg,adjoint")
     e.add_argument("--json", default=None)
     e.add_argument("--figure", default=None, help="PNG: images with PSNR/SSIM, error maps on one colour scale")

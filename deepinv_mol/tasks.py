@@ -182,7 +182,9 @@ class Task:
         r"""Ground-truth images of the task's default data, split ``"train"``, ``"val"`` or ``"test"``.
 
         Training items get random flips and new phases after ``set_epoch``; validation and test items
-        are fixed by ``seed``. Full-size images: training code crops them (:attr:`train_crop`).
+        are fixed by ``seed``. Full-size images: training code crops them (:attr:`train_crop`). Training and
+        validation never read the test slabs; for the CT tasks these are the held-out set ``"head-ct"`` of
+        :func:`deepinv_mol.data.heldout_images` (other subjects for MRI: ``"itk-t1"``, ``"dipy-t1"``).
 
         :param str split: the split.
         :param int seed: seed of the simulated phase, motion and flips.

@@ -60,7 +60,7 @@ CASES = [
     ("empty model list", ["eval", "--task", "mri-radial-4x", "--split", "test", "--models", ","], 2, r"--models is empty"),
     ("model twice", ["eval", "--task", "mri-radial-4x", "--split", "test", "--models", "cg,cg"], 2, r"lists a model twice"),
     ("fbp on MRI", ["eval", "--task", "mri-radial-4x", "--split", "test", "--models", "fbp"], 2, r"'fbp' is a CT baseline; task 'mri-radial-4x' is a MRI task"),
-    ("no image source", ["eval", "--task", "mri-radial-4x"], 2, r"one of the arguments --images --split is required"),
+    ("no image source", ["eval", "--task", "mri-radial-4x"], 2, r"one of the arguments --images --split --heldout is required"),
     ("unknown split", EVAL + ["--split", "holdout"], 2, r"invalid choice: 'holdout'"),
     ("n-images 0", EVAL + ["--split", "test", "--n-images", "0"], 2, r"expected a positive integer, got '0'"),
     ("batch-size not a number", EVAL + ["--split", "test", "--batch-size", "two"], 2, r"expected a positive integer, got 'two'"),

@@ -43,7 +43,7 @@ def images(tmp_path):
         (["eval", "--task", "mri-radial-4x", "--split", "test", "--models", "cg,cg"], "twice"),
         (["eval", "--task", "mri-radial-4x", "--split", "test", "--models", "fbp"], "CT baseline"),
         (["eval", "--task", "mri-radial-4x", "--images", "/nonexistent/x.npy", "--models", "cg"], "does not exist"),
-        (["eval", "--task", "mri-radial-4x"], "one of the arguments --images --split is required"),
+        (["eval", "--task", "mri-radial-4x"], "one of the arguments --images --split --heldout is required"),
         (["train", "--task", "mri-radial-4x", "--model", "unet"], "unknown model 'unet'"),
         (["train", "--task", "nope", "--model", "modl"], "unknown task 'nope'"),
         (["train", "--task", "mri-radial-4x", "--model", "modl", "--steps", "-3"], "positive integer"),

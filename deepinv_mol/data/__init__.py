@@ -1,6 +1,6 @@
 r"""Data: the embedded default MRI slices, the real head CT, users' image stacks, deepinv's datasets.
 
-Four sources, one layout (deepinv's: real tensors, ``(1, H, W)`` magnitude or ``(2, H, W)`` complex,
+Five sources, one layout (deepinv's: real tensors, ``(1, H, W)`` magnitude or ``(2, H, W)`` complex,
 ``(2, T, H, W)`` 2D+time, ``(2, D, H, W)`` 3D):
 
 * **Embedded** (:func:`load_embedded`): real T1-weighted brain MRI, 136 axial 160 x 160 slices of the
@@ -12,6 +12,9 @@ Four sources, one layout (deepinv's: real tensors, ``(1, H, W)`` magnitude or ``
   copied into this package. Hounsfield units are converted to linear attenuation.
 * **A user's images** (:func:`load_image_stack`): an ``(N, H, W)`` magnitude ``.npy`` stack in
   [0, 1] or a complex ``(N, 2, H, W)`` one.
+* **Held-out test images** (:func:`heldout_images`, :func:`list_heldout`): other subjects (the T1 volume of
+  Debian's ``insighttoolkit5-examples``, read at run time, in three orientations; an embedded dipy slice),
+  and the held-out slabs of the head CT, never trained or tuned on (:mod:`~deepinv_mol.data.heldout`).
 * **deepinv's datasets** (:func:`deepinv_dataset`): fastMRI, Calgary-Campinas, CMRxRecon, LIDC-IDRI for
   users who have the files (nothing is downloaded).
 
@@ -23,12 +26,26 @@ data; :meth:`SliceDataset.set_epoch` changes the augmentation between epochs.
 
 Modules: :mod:`~deepinv_mol.data.sources` (where images come from), :mod:`~deepinv_mol.data.simulation`
 (phase, motion, resizing, seeding, cropping), :mod:`~deepinv_mol.data.datasets` (seeded datasets). Every
-name is importable from :mod:`deepinv_mol.data`. ``HEAD_CT_PATH`` is read here at call time: change
-``deepinv_mol.data.HEAD_CT_PATH`` to point :func:`load_head_ct` elsewhere.
+name is importable from :mod:`deepinv_mol.data`. ``HEAD_CT_PATH`` and ``ITK_T1_PATH`` are read here at call time: change
+``deepinv_mol.data.HEAD_CT_PATH`` (``ITK_T1_PATH``) to point :func:`load_head_ct` (:func:`heldout_images`)
+elsewhere.
 """
 
 from __future__ import annotations
 
+from .heldout import (
+    DIPY_FILE,
+    HEAD_CT_HELDOUT_SPLIT,
+    HELDOUT_SETS,
+    ITK_T1_PATH,
+    ITK_T1_PATHS,
+    ITK_T1_SLICES,
+    HeldOutSet,
+    heldout_available,
+    heldout_images,
+    list_heldout,
+    read_nifti,
+)
 from .datasets import GroundTruthDataset, MotionDataset, SliceDataset, VolumeDataset, image_of
 from .simulation import add_phase, crop_window, item_generator, resize_images, smooth_motion, smooth_random_phase
 from .sources import (
@@ -50,7 +67,7 @@ from .sources import (
     slab_layout,
 )
 
-from . import datasets, simulation, sources
+from . import datasets, heldout, simulation, sources
 
 # every public name of the three modules, declared once in its own module
-__all__ = [*sources.__all__, *simulation.__all__, *datasets.__all__]
+__all__ = [*sources.__all__, *simulation.__all__, *datasets.__all__, *heldout.__all__]
