@@ -168,8 +168,11 @@ def bench_robustness(
 
     One row per (task, model, budget): ``worst_case`` (largest over the images), ``worst_case_mean``,
     ``random_mean``, ``random_max`` (over images and draws), ``worst_to_random`` (``worst_case /
-    random_max``), ``certified_bound`` (MOL-strict only, else ``None``), ``within_certificate``
-    (MOL-strict: ``worst_case <= certified_bound``), ``slack`` (MOL-strict: ``certified_bound / worst_case``
+    random_max``), ``certified_bound`` (MOL-strict only, else ``None``: the bound of what the model computes,
+    :func:`deepinv_mol.guarantees.model_robustness_bound`, i.e. the scale-equivariant composite's bound at each image
+    for a model with ``scale_equivariant``, largest over the images), ``fixed_point_bound`` (the bound of the fixed-point
+    map alone), ``within_certificate``
+    (MOL-strict: ``worst_case <= certified_bound``), ``slack`` (MOL-strict: ``fixed_point_bound / worst_case``
     and its split by :func:`certificate_slack` at the worst perturbation of the worst image, else ``None``),
     ``network_lipschitz`` (local Lipschitz estimate of the model's network at its first reconstruction, a lower bound of its Lipschitz constant; ``None`` without one), ``ratio_to_modl``
     (``worst_case`` over MoDL's at the same task and budget, when MoDL is measured; the paper's claim is
@@ -216,7 +219,7 @@ def bench_robustness(
                     x_first = model(problem.ys[0], problem.physics)
                 lipschitz = float(estimate_lipschitz(network, x_first, n_iter=30, warn=False).value)
             for b_index, rho in enumerate(budgets):
-                worst, rand, history, deltas_found = [], [], [], []
+                worst, rand, history, deltas_found, model_bounds = [], [], [], [], []
                 for i, y in enumerate(problem.ys):
                     bar.set_postfix_str(f"{task_name} {name} {rho:g} image {i}")
                     gen = torch.Generator().manual_seed(_seed(seed, t_index, b_index, i))
@@ -228,11 +231,15 @@ def bench_robustness(
                     start = deltas[max(range(len(amps)), key=amps.__getitem__)]
                     result = worst_case_perturbation(model, problem.physics, y, eps, steps=steps, init=start)
                     worst.append(float(result.value))
+                    if bound is not None and result.bound is not None:
+                        # the bound of what the model computes (the scale-equivariant composite when on)
+                        model_bounds.append(float(result.bound))
                     deltas_found.append(result.delta)
                     if i == 0:
                         history = list(result.history)
                     bar.update(1)
                 random_all = [a for amps in rand for a in amps]
+                model_bound = max(model_bounds) if model_bounds else bound
                 slack = None
                 if bound is not None and margin is not None:
                     k = max(range(len(worst)), key=worst.__getitem__)
@@ -250,8 +257,9 @@ def bench_robustness(
                     "random_mean": sum(random_all) / len(random_all),
                     "random_max": max(random_all),
                     "worst_to_random": max(worst) / max(max(random_all), 1e-30),
-                    "certified_bound": bound,
-                    "within_certificate": None if bound is None else bool(max(worst) <= bound),
+                    "certified_bound": model_bound,
+                    "fixed_point_bound": bound,
+                    "within_certificate": None if model_bound is None else bool(max(worst) <= model_bound),
                     "slack": slack,
                     "network_lipschitz": lipschitz,
                     "worst_case_per_image": worst,
