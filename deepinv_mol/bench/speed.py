@@ -337,6 +337,13 @@ def training_step_profile(model, y, physics, x, network=None) -> dict:
         own = obj.__dict__.get(attr, _MISSING)
         object.__setattr__(obj, attr, timer.wrap(name, getattr(obj, attr)))
         patched.append((obj, attr, own))
+    # MOL's differentiable step evaluates a ReLU MonotoneCNN layer by layer (deepinv_mol.recompute, the default
+    # recompute=True), not through its forward: count that evaluation as a network call too (its recomputation
+    # inside the backward is in backward_seconds, not in the network's part)
+    from .. import recompute as _recompute
+
+    lean = _recompute._LeanReLUCNN
+    lean.apply = timer.wrap("network", lean.apply)
     try:
         tic = time.perf_counter()
         x_net = model(y, physics)
@@ -347,6 +354,7 @@ def training_step_profile(model, y, physics, x, network=None) -> dict:
         loss.backward()
         backward = time.perf_counter() - tic
     finally:
+        del lean.apply  # back to torch.autograd.Function.apply
         _restore(patched)
     return {"certificate_seconds": certificate, "forward_seconds": forward, "backward_seconds": backward,
             "step_seconds": forward + backward, "seconds": dict(timer.seconds), "calls": dict(timer.calls),
