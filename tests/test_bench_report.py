@@ -202,3 +202,19 @@ def test_run_benchmark_of_a_rows_only_function_writes_its_json(tmp_path):
     assert record["status"] == "ok" and record["json"] == "good.json" and record["figure"] == "good.png"
     payload = json.loads((tmp_path / "good.json").read_text())
     assert set(payload) >= {"benchmark", "settings", "machine", "rows"} and payload["settings"] == {"n_images": 2}
+
+
+def test_memory_flat_target_judges_growth_from_k10_to_k50():
+    from deepinv_mol.bench.report import _memory_flat
+
+    def rows(mol50, luser50):
+        return [{"model": "MOL", "num_iter": 10, "peak_rss_increase": 100, "image_size": 64},
+                {"model": "MOL", "num_iter": 50, "peak_rss_increase": mol50, "image_size": 64},
+                {"model": "LUSER", "num_iter": 10, "peak_rss_increase": 200, "image_size": 64},
+                {"model": "LUSER", "num_iter": 50, "peak_rss_increase": luser50, "image_size": 64},
+                {"model": "MoDL", "num_iter": 50, "peak_rss_increase": 5000, "image_size": 64}]
+
+    text, met = _memory_flat(rows(110, 220))
+    assert met and "MOL: 1.10x" in text and "LUSER: 1.10x" in text
+    assert _memory_flat(rows(110, 240))[1] is False  # LUSER grows 1.2x
+    assert _memory_flat([{"model": "MoDL", "num_iter": 10, "peak_rss_increase": 1}]) is None

@@ -472,6 +472,25 @@ def _robust_certificate(rows):
     return f"worst case up to {worst:.2f} of the bound ({_size(rows)})", all(r["within_certificate"] for r in strict)
 
 
+def _memory_flat(rows):
+    # MOL's and LUSER's training-step peak from K=10 to K=50 (bench memory-k): flat means <= 1.15x
+    def peak(model, k):
+        for r in rows:
+            if r.get("model") == model and r.get("num_iter") == k:
+                return r.get("cuda_peak_bytes") or r.get("peak_rss_increase")
+        return None
+
+    growth = {}
+    for model in ("MOL", "LUSER"):
+        a, b = peak(model, 10), peak(model, 50)
+        if a and b:
+            growth[model] = b / a
+    if not growth:
+        return None
+    text = ", ".join(f"{m}: {g:.2f}x" for m, g in growth.items())
+    return f"K=10 -> 50: {text} ({_size(rows)})", all(g <= 1.15 for g in growth.values())
+
+
 def _conv(key, threshold, lower_is_better=False, fmt="{:.3g}"):
     def evaluate(rows):
         values = [(r[key], f"{r.get('task')} {r.get('model')}") for r in rows if isinstance(r.get(key), (int, float))]
@@ -499,6 +518,8 @@ def _luser_quality(rows):
 TARGETS = [
     Target("memory", "training memory, MOL vs deepinv's MoDL (same CNN, 10 iterations, 256²)",
            "MoDL/MOL peak >= 8x", _ratio_target("ratio MoDL/MOL", ("cuda_peak_bytes", "peak_rss_increase"), 8.0)),
+    Target("memory-k", "training memory of MOL and LUSER independent of the number of iterations K",
+           "peak(K=50) / peak(K=10) <= 1.15", _memory_flat),
     Target("luser", "training memory, LUSER (its defaults) vs the DnCNN-17 feed-forward twin (256²)",
            "twin/LUSER peak >= 6x",
            _ratio_target("ratio twin/LUSER", ("cuda_peak_bytes", "peak_rss_increase"), 6.0, group="problem")),
