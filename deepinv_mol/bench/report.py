@@ -518,7 +518,7 @@ def _luser_quality(rows):
 TARGETS = [
     Target("memory", "training memory, MOL vs deepinv's MoDL (same CNN, 10 iterations, 256²)",
            "MoDL/MOL peak >= 8x", _ratio_target("ratio MoDL/MOL", ("cuda_peak_bytes", "peak_rss_increase"), 8.0)),
-    Target("memory-k", "training memory of MOL and LUSER independent of the number of iterations K",
+    Target("memory-iterations", "training memory of MOL and LUSER independent of the number of iterations K",
            "peak(K=50) / peak(K=10) <= 1.15", _memory_flat),
     Target("luser", "training memory, LUSER (its defaults) vs the DnCNN-17 feed-forward twin (256²)",
            "twin/LUSER peak >= 6x",
