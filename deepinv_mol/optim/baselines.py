@@ -23,7 +23,7 @@ from deepinv.physics import LinearPhysics
 from torch import Tensor, nn
 
 from .data_consistency import regularised_solve, start_image
-from .scaling import apply_scale, check_scale_options, measurement_scale
+from .scaling import apply_scale, check_scale_options, normalise_inputs
 
 __all__ = ["MoDLBaseline", "AdjointReconstruction", "CGReconstruction", "FBPReconstruction"]
 
@@ -165,10 +165,7 @@ class MoDLBaseline(MoDL):
         scale = None
         if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
             start = self.start(y, physics)
-            scale = measurement_scale(y, physics, start=start, reference=self.scale_reference)
-            y = apply_scale(y, 1 / scale)
-            init = start / scale if init is None else (apply_scale(init, 1 / scale) if isinstance(init, Tensor) else init)
-            x_gt = apply_scale(x_gt, 1 / scale) if isinstance(x_gt, Tensor) else x_gt
+            scale, y, init, x_gt = normalise_inputs(y, physics, start, self.scale_reference, init, x_gt)
         if init is None:
             init = self.start(y, physics)
         out = super().forward(y, physics, init=init, x_gt=x_gt, compute_metrics=compute_metrics, **kwargs)

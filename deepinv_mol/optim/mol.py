@@ -15,7 +15,7 @@ from deepinv.physics import LinearPhysics
 from ..equilibrium import BackwardConfig, EquilibriumStats, SolverStats, equilibrium
 from ..recompute import recompute_call
 from .data_consistency import regularised_solve, start_image
-from .scaling import apply_scale, check_scale_options, measurement_scale
+from .scaling import check_scale_options, normalise_inputs
 
 __all__ = ["MOL", "DataConsistencyConfig"]
 
@@ -479,10 +479,7 @@ class MOL(Reconstructor):
         scale = None
         if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
             start = self.initialise(y, physics)
-            scale = measurement_scale(y, physics, start=start, reference=self.scale_reference)
-            y = apply_scale(y, 1 / scale)
-            init = start / scale if init is None else (apply_scale(init, 1 / scale) if isinstance(init, Tensor) else init)
-            x_gt = apply_scale(x_gt, 1 / scale) if isinstance(x_gt, Tensor) else x_gt
+            scale, y, init, x_gt = normalise_inputs(y, physics, start, self.scale_reference, init, x_gt)
         aty = physics.A_adjoint(y)
         if init is None:
             x0 = self.initialise(y, physics, aty=aty)

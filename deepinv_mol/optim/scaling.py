@@ -55,6 +55,7 @@ __all__ = [
     "scale_lipschitz",
     "check_scale_options",
     "apply_scale",
+    "normalise_inputs",
 ]
 
 #: quantile band (low, high) of the pixel magnitudes averaged by :func:`scale_statistic`
@@ -238,3 +239,26 @@ def apply_scale(t: Tensor, scale: Tensor) -> Tensor:
     if factor.shape[0] != t.shape[0]:
         raise ValueError(f"one scale per batch item expected: {factor.shape[0]} scales for a batch of {t.shape[0]}")
     return t * factor.to(t.real.dtype if t.is_complex() else t.dtype)
+
+
+def normalise_inputs(y: Tensor, physics, start: Tensor, reference: float, init=None, x_gt=None):
+    r"""The inputs of a scale-equivariant reconstructor divided by its scale :math:`s(y)`: one place for MOL and the
+    MoDL baseline (LUSER also keeps the adjoint image, so it uses :func:`measurement_scale` itself).
+
+    :param torch.Tensor y: measurements ``(B, ...)``.
+    :param physics: forward operator.
+    :param torch.Tensor start: the model's start image :math:`x_0(y)` (homogeneous: :math:`x_0(y/s) = x_0(y)/s`).
+    :param float reference: the model's ``scale_reference``.
+    :param init: the caller's start image (a tensor is divided by :math:`s`; ``None`` becomes ``start / s``;
+        anything else is passed through for the model to refuse).
+    :param x_gt: ground truth for metrics (a tensor is divided by :math:`s`).
+    :return: ``(scale, y / s, init, x_gt)``.
+    """
+    scale = measurement_scale(y, physics, start=start, reference=reference)
+    if init is None:
+        init = start / scale
+    elif isinstance(init, Tensor):
+        init = apply_scale(init, 1 / scale)
+    if isinstance(x_gt, Tensor):
+        x_gt = apply_scale(x_gt, 1 / scale)
+    return scale, apply_scale(y, 1 / scale), init, x_gt
