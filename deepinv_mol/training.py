@@ -175,6 +175,7 @@ def stream_batch(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    prepare: Callable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""This rank's share of global batch ``step``: stream positions :math:`[sB + rL, sB + (r+1)L)`, :math:`L = B/W`.
 
@@ -192,6 +193,8 @@ def stream_batch(
     :param int rank: this process's rank :math:`r`.
     :param int world_size: number of processes :math:`W`.
     :param device: device of the batch.
+    :param Callable prepare: ``prepare(x, generator, crop) -> x`` applied to the whole image before the crop (e.g.
+        :meth:`deepinv_mol.data.augment.Augmentation.rescale`), drawing from the sample's generator.
     :return: ``(x, y)``.
     """
     n = len(dataset)
@@ -204,6 +207,8 @@ def stream_batch(
             dataset.set_epoch(position // n)
         x = image_of(dataset[stream_index(position, n, seed)]).to(device)
         gen = item_generator(seed, _SAMPLE_KEY, position, device=device)
+        if prepare is not None:
+            x = prepare(x, gen, crop)
         if crop is not None:
             rows, cols = crop_window(x.shape[-2:], crop, gen)
             x = x[..., rows, cols]
@@ -801,7 +806,8 @@ def train(
 
     def batches(step):
         return stream_batch(train_data, simulate, physics, step, batch_size=int(batch_size), crop=crop,
-                            seed=int(seed), rank=rank, world_size=world, device=device)
+                            seed=int(seed), rank=rank, world_size=world, device=device,
+                            prepare=None if augmentation is None else augmentation.rescale)
 
     trainer = StepTrainer(
         wrapped, opt, batches, physics, losses=losses, steps=int(steps), scheduler=sched,

@@ -13,21 +13,26 @@
 #   * LUSER with the configuration its benchmark uses, the current class defaults (5x5 kernels, plain inner
 #     iteration), trained on the same crops and steps as the others (the old MRI LUSER: 48x48 crops, 60 steps);
 #   * MRI MOL-strict with MaxMin activations like CT's;
-#   * training augmentation ($AUGMENT, see the generalisation study in the report of the scale helper / CHANGELOG).
+#   * training augmentation ($AUGMENT: pixel size x1-2, flips, 90-degree rotations, intensity x0.5-2, global phase;
+#     see the generalisation study in docs/pretrained.rst).
 # Sizes were chosen for a 2-core CPU and a ~1-hour budget per run: 64x64 crops, batch 2, width-32 networks,
 # 150 steps (MRI) / 200 steps (CT; a MOL step on CT is several times slower: ASTRA CPU projections in every CG
 # iteration). Runs are resumable: rerun a line (it passes --resume) to continue after an interruption, or raise
 # --steps (e.g. 5000) and --crop (128) on a real machine, or run data-parallel:
 #   torchrun --nproc_per_node=N -m deepinv_mol.cli train ...
 #
-# Usage:  bash scripts/train_pretrained.sh [mri|ct|all]   (from the repository root, package installed)
+# Usage:  bash scripts/train_pretrained.sh [mri|ct|all] [MODELS]   (from the repository root, package installed)
+#   MODELS: comma-separated subset, e.g. "modl,mol-penalty" (default: all four); two shells with disjoint subsets
+#   use both cores of a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which="${1:-all}"
+only=",${2:-modl,mol-penalty,mol-strict,luser},"
 AUGMENT="${AUGMENT:-on}"
 COMMON="--batch-size 2 --crop 64 --eval-every 50 --val-images 4 --lr 1e-3 --seed 0 --augment $AUGMENT"
 
 train() {  # task model [extra options, later ones win]
+    [[ "$only" == *",$2,"* ]] || return 0
     OMP_NUM_THREADS=1 deepinv-mol train --task "$1" --model "$2" $COMMON "${@:3}" --out "runs/$1__$2" --resume \
         --export deepinv_mol/weights
 }

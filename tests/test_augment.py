@@ -72,3 +72,31 @@ def test_resume_with_augmentation_is_exact_and_recorded(tmp_path):
     assert straight["run_config"]["augment"] == Augmentation().to_dict()
     plain = _train(tmp_path / "plain", augment="off")
     assert plain["run_config"]["augment"] is None and plain["loss"] != straight["loss"]
+
+
+def test_rescale_changes_pixel_size_within_range_and_keeps_the_crop_possible():
+    aug = Augmentation(zoom=(1.5, 1.5))
+    x = torch.rand(2, 40, 60)
+    out = aug.rescale(x, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 27, 40)  # 40/1.5, 60/1.5 rounded
+    # the mean intensity of a smooth image is kept by the (antialiased) resampling
+    smooth = torch.ones(1, 40, 60)
+    assert torch.allclose(aug.rescale(smooth, torch.Generator()), torch.ones(1, 27, 40), atol=1e-5)
+    capped = Augmentation(zoom=(3.0, 3.0)).rescale(x, torch.Generator(), min_side=32)
+    assert min(capped.shape[-2:]) >= 32 and capped.shape[-2] < 40
+    # log-uniform draws stay in the range and repeat with the generator
+    sides = {Augmentation(zoom=(1.0, 2.0)).rescale(x, torch.Generator().manual_seed(k)).shape[-2] for k in range(30)}
+    assert min(sides) >= 20 and max(sides) <= 40 and len(sides) > 5
+    a = Augmentation().rescale(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, Augmentation().rescale(x, torch.Generator().manual_seed(3)))
+    # off: the image itself, but the draw is still taken (switching it off keeps the other draws)
+    g = torch.Generator().manual_seed(4)
+    assert Augmentation(zoom=None).rescale(x, g) is x
+    assert not torch.equal(g.get_state(), torch.Generator().manual_seed(4).get_state())
+    # volumes (C, D, H, W) are resampled in-plane only
+    assert Augmentation(zoom=(2.0, 2.0)).rescale(torch.rand(1, 3, 16, 16), torch.Generator()).shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="zoom"):
+        Augmentation(zoom=(0.5, 2.0))
+    # records written before the zoom existed rebuild without one
+    old = {k: v for k, v in Augmentation().to_dict().items() if k != "zoom"}
+    assert augmentation_from(old).zoom is None
