@@ -125,6 +125,17 @@ def _ramp_backprojection(engine, y: np.ndarray, detector_spacing: float, pixel_s
 # --------------------------------------------------------------------------------------------------
 
 
+def _torch_csr(m) -> torch.Tensor:
+    r"""A scipy CSR matrix as a torch sparse CSR tensor (int32 indices when they fit: half the memory)."""
+    index = np.int32 if max(m.nnz, *m.shape) < 2**31 - 1 else np.int64
+    with warnings.catch_warnings():  # "sparse CSR support is in beta state": the product used here is stable
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(index)), torch.from_numpy(m.indices.astype(index)),
+            torch.from_numpy(m.data), size=m.shape, check_invariants=False,
+        )
+
+
 class _Engine2D:
     r"""2D projector (CPU, or CUDA when ``cuda=True``) applied image by image; ASTRA releases the
     GIL, so a batch runs on ``n_threads`` threads."""
@@ -144,9 +155,11 @@ class _Engine2D:
 
     @property
     def matrix(self):
-        r"""The projector's weights :math:`W` and :math:`W^\top` as float32 ``scipy.sparse`` CSR matrices (rays x
+        r"""The projector's weights :math:`W` and :math:`W^\top` as float32 sparse CSR tensors of torch (rays x
         pixels, pixels x rays), built once from ASTRA's own projector (``astra.projector.matrix``): the weights
-        its CPU FP and BP apply."""
+        its CPU FP and BP apply. Why torch's sparse product rather than scipy's: on the 256x256, 60-view fan
+        beam, a batch of two through :math:`W^\top W` takes 42 ms with torch against 71 ms with scipy (one
+        thread each), and torch's uses the threads of ``torch.set_num_threads``."""
         if self._matrix is None:
             import astra
 
@@ -157,16 +170,16 @@ class _Engine2D:
                 astra.matrix.delete(mid)
             w = w.tocsr().astype(np.float32)
             # the transpose as its own CSR: back projection as a row-wise product (2x faster than through CSC)
-            self._matrix = (w, w.T.tocsr())
+            self._matrix = tuple(_torch_csr(m) for m in (w, w.T.tocsr()))
         return self._matrix
 
     def _matrix_map(self, src, adjoint):
         # one sparse product for the whole batch: the weights are read once for all its images
         w = self.matrix[1] if adjoint else self.matrix[0]
         out_shape = self.vol_shape if adjoint else self.sino_shape
-        flat = src.reshape(src.shape[0], -1).T
-        out = np.asarray(w @ flat, dtype=np.float32).T
-        return np.ascontiguousarray(out).reshape((src.shape[0],) + tuple(out_shape))
+        flat = torch.from_numpy(np.ascontiguousarray(src, dtype=np.float32)).reshape(src.shape[0], -1).T
+        out = (w @ flat).T.contiguous().numpy()
+        return out.reshape((src.shape[0],) + tuple(out_shape))
 
     @property
     def proj_id(self):
