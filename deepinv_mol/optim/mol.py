@@ -15,7 +15,7 @@ from deepinv.physics import LinearPhysics
 from ..equilibrium import BackwardConfig, EquilibriumStats, SolverStats, equilibrium
 from ..recompute import recompute_call
 from .data_consistency import regularised_solve, start_image
-from .scaling import check_scale_options, normalise_inputs
+from .scaling import apply_scale, check_scale_options, normalise_inputs
 
 __all__ = ["MOL", "DataConsistencyConfig"]
 
@@ -477,10 +477,11 @@ class MOL(Reconstructor):
                     f"got {type(physics).__name__}"
                 )
         scale = None
-        if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
-            start = self.initialise(y, physics)
-            scale, y, init, x_gt = normalise_inputs(y, physics, start, self.scale_reference, init, x_gt)
         aty = physics.A_adjoint(y)
+        if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
+            start = self.initialise(y, physics, aty=aty)
+            scale, y, init, x_gt = normalise_inputs(y, physics, start, self.scale_reference, init, x_gt)
+            aty = apply_scale(aty, 1 / scale)  # A^H (y/s) without a second adjoint (an expensive NUFFT in 3D)
         if init is None:
             x0 = self.initialise(y, physics, aty=aty)
         else:
