@@ -380,7 +380,8 @@ def bench_training_step(
     2D (``mri-radial-4x`` at ``size_2d``\ ²), 2D+time (``mri-radial-dynamic``, ``depth`` frames of ``size``\ ²) and
     3D (``mri-3d``, ``depth`` x ``size``\ ²) MRI, the setting of :mod:`deepinv_mol.bench.memory`: a
     :class:`~deepinv_mol.models.MonotoneCNN` (``width``, ``cnn_depth`` layers, ``dims`` 2 or 3), MOL with exactly
-    ``num_iter`` forward iterations (``tol=0``) and its default implicit backward, MoDL with ``num_iter`` layers.
+    ``num_iter`` forward iterations (``tol=0``), the task's data weight :math:`\lambda` (what ``deepinv-mol train``
+    starts from) and its default implicit backward, MoDL with ``num_iter`` layers.
 
     One row per problem and model: ``step_seconds`` (= ``forward_seconds`` + ``backward_seconds``),
     ``certificate_seconds`` (the strict network's certified norms, paid once per optimiser step, apart),
@@ -425,13 +426,15 @@ def bench_training_step(
     rows = []
     bar = progress_bar(len(problems) * len(models), "training step", progress)
     for problem in problems:
-        _, physics, x, y, dims = _training_problem(problem, size_2d if problem == "2d" else size, depth, seed)
+        task, physics, x, y, dims = _training_problem(problem, size_2d if problem == "2d" else size, depth, seed)
         for name in models:
             bar.set_postfix_str(f"{problem} {name}")
             torch.manual_seed(seed)
             net = MonotoneCNN(channels=2, width=width, depth=cnn_depth, dims=dims, constraint=constraint)
             if name == "mol":
-                model = MOL(denoiser=net, max_iter=num_iter, tol=0.0, warn=False)
+                # the data weight `deepinv-mol train` starts from (the task's, not the class default 100 made for
+                # a unit-norm operator: on mri-3d it made the solve's condition number ~2000 and the step 85-95 s)
+                model = MOL(denoiser=net, lambda_=task.data_weight, max_iter=num_iter, tol=0.0, warn=False)
             else:
                 model = dinv.models.MoDL(denoiser=net, num_iter=num_iter)
             prof = training_step_profile(model, y, physics, x, network=net)
