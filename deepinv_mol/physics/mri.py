@@ -82,13 +82,13 @@ class NufftMRI(LinearPhysics):
 
     **Tensor layouts** (deepinv's two-channel complex convention; ``float32`` computation):
 
-    ============  ==========================  ==================  ============================
-    problem       trajectory                  image ``x``         measurements ``y``
-    ============  ==========================  ==================  ============================
-    2D            ``(2, K)``                  ``(B, 2, H, W)``    ``(B, 2, C, K)``
-    3D            ``(3, K)``                  ``(B, 2, D, H, W)`` ``(B, 2, C, K)``
-    2D + time     ``(T, 2, K)`` (per frame)   ``(B, 2, T, H, W)`` ``(B, 2, T, C, K)``
-    ============  ==========================  ==================  ============================
+    ============  ==========================  ===================  ============================
+    problem       trajectory                  image ``x``          measurements ``y``
+    ============  ==========================  ===================  ============================
+    2D            ``(2, K)``                  ``(B, 2, H, W)``     ``(B, 2, C, K)``
+    3D            ``(3, K)``                  ``(B, 2, D, H, W)``  ``(B, 2, C, K)``
+    2D + time     ``(T, 2, K)`` (per frame)   ``(B, 2, T, H, W)``  ``(B, 2, T, C, K)``
+    ============  ==========================  ===================  ============================
 
     Dim 1 of size 2 holds the real and imaginary parts, ``C`` is the number of coils (``C = 1``
     without coil maps), trajectory row ``d`` pairs with image axis ``d`` (see
