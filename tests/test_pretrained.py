@@ -301,7 +301,7 @@ def test_shipped_mri_models_beat_cg(name, mri_test_image):
 @pytest.mark.parametrize("task,name", SHIPPED)
 def test_shipped_models_give_the_reference_outputs(task, name):
     """Every shipped model gives, on fixed 64x64 problems, the PSNR (within 0.05 dB) and output norm (within
-    1e-3 relative) that main (f1cd731) gave before the registry/baselines refactor (tests/pretrained_reference.py)."""
+    1e-3 relative) recorded in tests/pretrained_reference.py for the shipped weights."""
     ref = REFERENCE[f"{task}/{name}"]
     physics, x, y = reference_problem(task)
     model = load_pretrained(name, task, directory=pretrained._WEIGHTS_DIR)
