@@ -807,7 +807,8 @@ def train(
     def batches(step):
         return stream_batch(train_data, simulate, physics, step, batch_size=int(batch_size), crop=crop,
                             seed=int(seed), rank=rank, world_size=world, device=device,
-                            prepare=None if augmentation is None else augmentation.rescale)
+                            # the pixel-size draw needs a crop: whole images must keep the physics' size
+                            prepare=None if augmentation is None or crop is None else augmentation.rescale)
 
     trainer = StepTrainer(
         wrapped, opt, batches, physics, losses=losses, steps=int(steps), scheduler=sched,

@@ -100,3 +100,10 @@ def test_rescale_changes_pixel_size_within_range_and_keeps_the_crop_possible():
     # records written before the zoom existed rebuild without one
     old = {k: v for k, v in Augmentation().to_dict().items() if k != "zoom"}
     assert augmentation_from(old).zoom is None
+
+
+def test_whole_image_training_keeps_the_image_size_with_the_default_augmentation(tmp_path):
+    # no crop: the pixel-size draw is skipped (the physics is built for the whole image), the run trains
+    state = _train(tmp_path / "whole", augment="on", crop=None)
+    losses = state["loss"] if isinstance(state["loss"], list) else [state["loss"]]
+    assert len(losses) >= 1 and all(math.isfinite(float(v)) for v in losses)

@@ -5,7 +5,8 @@ generator (the training stream's per-sample generator, so a run and its resumed 
 transformed in-plane) before the measurements are simulated:
 
 * **zoom** (pixel size) -- each whole training image is resampled in-plane by ``1/z``, ``z`` drawn log-uniformly in
-  ``zoom = (low, high)`` (capped so the crop still fits), *before* the training crop is taken: the models see
+  ``zoom = (low, high)`` (capped so the crop still fits), *before* the training crop is taken (training on whole
+  images, without a crop, skips it: the physics is built for their size): the models see
   anatomy at coarser pixels than the training volume's (a held-out subject scanned at 2 mm presents more
   structure per pixel than Colin27 at 1 mm; the generalisation study found pixel size the one shift that reorders
   MOL and MoDL, docs/pretrained.rst);
