@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..models.shallow import FeedForwardRegularizer, ShallowEquilibrium
 from .data_consistency import regularised_solve, start_image
-from .scaling import apply_scale, check_scale_options, measurement_scale
+from .scaling import apply_scale, check_scale_options, normalise_inputs
 
 __all__ = ["LUSER", "UnrolledFeedForward"]
 
@@ -346,17 +346,13 @@ class LUSER(Reconstructor):
                 f"got {type(physics).__name__}"
             )
         self._scale = None
-        if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
-            aty = physics.A_adjoint(y)
-            start = start_image(y, physics, eps=self.init_eps, max_iter=self.init_max_iter, tol=self.cg_tol, aty=aty)
-            self._scale = measurement_scale(y, physics, start=start, reference=self.scale_reference)
-            y = apply_scale(y, 1 / self._scale)
-            if init is None:
-                init = apply_scale(aty if self.init == "adjoint" else start, 1 / self._scale)
-            elif isinstance(init, Tensor):
-                init = apply_scale(init, 1 / self._scale)
-            x_gt = apply_scale(x_gt, 1 / self._scale) if isinstance(x_gt, Tensor) else x_gt
         aty = physics.A_adjoint(y)
+        if self.scale_equivariant:  # solve for y / s, return s x (the start image is homogeneous: x0(y/s) = x0(y)/s)
+            start = start_image(y, physics, eps=self.init_eps, max_iter=self.init_max_iter, tol=self.cg_tol, aty=aty)
+            if init is None and self.init == "adjoint":
+                init = aty  # divided by s below, like a caller's start image
+            self._scale, y, init, x_gt = normalise_inputs(y, physics, start, self.scale_reference, init, x_gt)
+            aty = apply_scale(aty, 1 / self._scale)  # A^H (y/s) without a second adjoint
         x = self.initial_point(y, physics, aty=aty) if init is None else init
         if not isinstance(x, Tensor):
             raise TypeError(f"init must be a torch.Tensor image, got {type(x).__name__}")

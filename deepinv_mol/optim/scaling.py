@@ -242,8 +242,8 @@ def apply_scale(t: Tensor, scale: Tensor) -> Tensor:
 
 
 def normalise_inputs(y: Tensor, physics, start: Tensor, reference: float, init=None, x_gt=None):
-    r"""The inputs of a scale-equivariant reconstructor divided by its scale :math:`s(y)`: one place for MOL and the
-    MoDL baseline (LUSER also keeps the adjoint image, so it uses :func:`measurement_scale` itself).
+    r"""The inputs of a scale-equivariant reconstructor divided by its scale :math:`s(y)`: one place for MOL, LUSER
+    and the MoDL baseline.
 
     :param torch.Tensor y: measurements ``(B, ...)``.
     :param physics: forward operator.
