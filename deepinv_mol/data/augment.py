@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from .simulation import resize_images
+
 __all__ = ["Augmentation", "augmentation_from"]
 
 
@@ -107,8 +109,6 @@ class Augmentation:
         size = (max(1, round(height / z)), max(1, round(width / z)))
         if z <= 1.0 or size == (height, width):
             return image
-        from .simulation import resize_images
-
         flat = image.reshape(-1, 1, height, width)
         return resize_images(flat, size).reshape(*image.shape[:-2], *size)
 
