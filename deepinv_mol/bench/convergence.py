@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from .report import TASKS, _seed, bench_problem, load_models, per_sample_norm, progress_bar, write_json
+from .report import TASKS, _seed, bench_problem, load_models, per_sample_norm, progress_bar, save_outputs
 from ..guarantees import equation_residual
 
 __all__ = ["MOL_MODELS", "mol_variant", "run_recorded", "bench_convergence",
@@ -225,11 +225,8 @@ def bench_convergence(
             row["n_starts"] = int(n_starts)
             rows.append(row)
     bar.close()
-    if json_path is not None:
-        write_json(json_path, "convergence", settings, rows, curves=curves)
-    if figure_path is not None:
-        plot_convergence(curves, figure_path)
-    return rows
+    return save_outputs(json_path, figure_path, "convergence", settings, rows, plot_convergence, figure_data=curves,
+                        curves=curves)
 
 
 def plot_convergence(curves: list, path) -> None:

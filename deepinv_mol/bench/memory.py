@@ -343,7 +343,7 @@ def bench_memory_vs_iterations(
     """
     import time
 
-    from .report import progress_bar, write_json
+    from .report import progress_bar, save_outputs
 
     unknown = [m for m in models if m not in ITERATION_MODELS]
     if unknown:
@@ -366,11 +366,7 @@ def bench_memory_vs_iterations(
             bar.update(1)
     bar.close()
     rows += _iteration_summaries(rows, models)
-    if json_path is not None:
-        write_json(json_path, "memory-iterations", settings, rows)
-    if figure_path is not None:
-        plot_memory_vs_iterations(rows, figure_path)
-    return rows
+    return save_outputs(json_path, figure_path, "memory-iterations", settings, rows, plot_memory_vs_iterations)
 
 
 def _iteration_summaries(rows, models):
@@ -524,7 +520,7 @@ def bench_memory_vs_size(
     """
     import time
 
-    from .report import progress_bar, write_json
+    from .report import progress_bar, save_outputs
 
     ladders = {g: GEOMETRIES[g][1] for g in geometries} | dict(ladders or {})
     targets = {g: GEOMETRIES[g][2] for g in geometries} | dict(targets or {})
@@ -555,11 +551,7 @@ def bench_memory_vs_size(
                 bar.update(1)
     bar.close()
     rows += size_summary(rows, targets, budgets_gib)
-    if json_path is not None:
-        write_json(json_path, "memory-size", settings, rows)
-    if figure_path is not None:
-        plot_memory_vs_size(rows, figure_path)
-    return rows
+    return save_outputs(json_path, figure_path, "memory-size", settings, rows, plot_memory_vs_size)
 
 
 def size_summary(rows: list, targets: dict, budgets_gib=(4, 16)) -> list[dict]:

@@ -32,6 +32,7 @@ __all__ = [
     "per_sample_norm",
     "markdown_table",
     "PRESETS",
+    "save_outputs",
     "run_benchmark",
     "run_all",
     "Target",
@@ -184,6 +185,27 @@ def write_json(path, benchmark: str, settings: dict, rows: list, **extra) -> dic
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=_jsonable))
     return payload
+
+
+def save_outputs(json_path, figure_path, benchmark: str, settings: dict, rows: list, plot, figure_data=None,
+                 **extra) -> list:
+    r"""The common tail of every benchmark: the JSON (:func:`write_json`) and the figure, each when its path is given.
+
+    :param json_path: JSON file or ``None``.
+    :param figure_path: PNG file or ``None``.
+    :param str benchmark: benchmark name (in the JSON).
+    :param dict settings: the arguments of the run.
+    :param list rows: the rows.
+    :param plot: ``plot(data, path)``, the benchmark's figure.
+    :param figure_data: what ``plot`` draws (default: ``rows``).
+    :param extra: further JSON fields (e.g. curves).
+    :return: ``rows`` (so a benchmark ends with ``return save_outputs(...)``).
+    """
+    if json_path is not None:
+        write_json(json_path, benchmark, settings, rows, **extra)
+    if figure_path is not None:
+        plot(rows if figure_data is None else figure_data, figure_path)
+    return rows
 
 
 def _jsonable(value):

@@ -44,7 +44,7 @@ import math
 
 import torch
 
-from .report import TASKS, _seed, bench_problem, load_models, per_sample_norm, progress_bar, write_json
+from .report import TASKS, _seed, bench_problem, load_models, per_sample_norm, progress_bar, save_outputs
 
 __all__ = ["ROBUSTNESS_MODELS", "random_amplification", "certificate_slack", "bench_robustness", "plot_robustness"]
 
@@ -270,11 +270,7 @@ def bench_robustness(
     for row in rows:
         ref = [r for r in rows if r["model"] == "modl" and r["task"] == row["task"] and r["budget"] == row["budget"]]
         row["ratio_to_modl"] = row["worst_case"] / ref[0]["worst_case"] if ref and ref[0]["worst_case"] > 0 else None
-    if json_path is not None:
-        write_json(json_path, "robustness", settings, rows)
-    if figure_path is not None:
-        plot_robustness(rows, figure_path)
-    return rows
+    return save_outputs(json_path, figure_path, "robustness", settings, rows, plot_robustness)
 
 
 def plot_robustness(rows: list, path) -> None:

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from .report import TASKS, _median_seconds, bench_problem, load_models, progress_bar, write_json
+from .report import TASKS, _median_seconds, bench_problem, load_models, progress_bar, save_outputs
 
 __all__ = ["SPEED_MODELS", "TRAINING_PROBLEMS", "PartTimer", "bench_speed", "plot_speed", "training_step_profile",
            "bench_training_step"]
@@ -228,11 +228,7 @@ def bench_speed(
                                  "seconds_per_call": _median_seconds(fn, max(1, int(repeats)))})
                 bar.update(1)
     bar.close()
-    if json_path is not None:
-        write_json(json_path, "speed", settings, rows)
-    if figure_path is not None:
-        plot_speed(rows, figure_path)
-    return rows
+    return save_outputs(json_path, figure_path, "speed", settings, rows, plot_speed)
 
 
 def plot_speed(rows: list, path) -> None:
@@ -445,11 +441,7 @@ def bench_training_step(
                          "backward_iterations": stats.get("backward_iterations") if isinstance(stats, dict) else None})
             bar.update(1)
     bar.close()
-    if json_path is not None:
-        write_json(json_path, "training-step", settings, rows)
-    if figure_path is not None:
-        _plot_training_step(rows, figure_path)
-    return rows
+    return save_outputs(json_path, figure_path, "training-step", settings, rows, _plot_training_step)
 
 
 def _plot_training_step(rows: list, path) -> None:
