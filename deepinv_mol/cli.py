@@ -415,7 +415,8 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
         check_output_path(str(Path(args.out) / "summary.json"), "--out")
         table = {name: _bench_function(name) for name in BENCHMARKS}
         command = " ".join([PROG] + [a for a in getattr(args, "argv", []) if a != "--debug"])
-        summary = run_all(args.out, table, preset=args.preset, only=only, skip=skip, command=command)
+        jobs = args.jobs if args.jobs is not None else max(1, min(2, os.cpu_count() or 1))
+        summary = run_all(args.out, table, preset=args.preset, only=only, skip=skip, command=command, jobs=jobs)
         failed = [r["name"] for r in summary["runs"] if r["status"] != "ok"]
         print(f"{len(summary['runs']) - len(failed)} of {len(summary['runs'])} benchmarks ran "
               f"({summary['seconds'] / 60:.1f} min)" + (f"; not measured: {', '.join(failed)}" if failed else ""))
@@ -429,7 +430,7 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.name == "all":
         return cmd_bench_all(args)
-    for option in ("out", "only", "skip", "page", "readme"):
+    for option in ("out", "only", "skip", "page", "readme", "jobs"):
         if getattr(args, option, None):
             raise CLIError(f"--{option} is an option of bench all only")
     fn = _bench_function(args.name)
@@ -628,6 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--readme", default=None, help="bench all: README whose <!-- bench-table --> block is replaced")
     b.add_argument("--page-only", dest="page_only", action="store_true",
                    help="bench all: only regenerate the page from the files already in --out")
+    b.add_argument("--jobs", type=_number_type(int, lambda v: v >= 1, "an integer >= 1"), default=None,
+                   help="bench all: benchmarks run side by side, one thread each (default: the CPU count, at most 2)")
     b.set_defaults(func=cmd_bench)
     return p
 

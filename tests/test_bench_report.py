@@ -147,6 +147,24 @@ def test_run_all_records_failures_and_goes_on(tmp_path):
         run_all(tmp_path, table, only=["nope"], log=None)
     with pytest.raises(ValueError, match="preset must be one of"):
         run_all(tmp_path, table, preset="huge", log=None)
+    with pytest.raises(ValueError, match="jobs must be"):
+        run_all(tmp_path, table, jobs=0, log=None)
+
+
+def test_run_all_side_by_side_gives_the_same_records_in_the_table_order(tmp_path):
+    # two spawned workers: the files and records of a sequential run, the summary in the order of the table
+    table = {"good": _good, "bad": _bad, "missing": None, "later": _good}
+    lines = []
+    summary = run_all(tmp_path, table, preset="quick", overrides={"good": {"n_images": 3}}, log=lines.append, jobs=2)
+    assert summary["jobs"] == 2
+    assert [(r["name"], r["status"]) for r in summary["runs"]] == [
+        ("good", "ok"), ("bad", "failed"), ("missing", "unavailable"), ("later", "ok")]
+    assert summary["runs"][1]["error"] == "RuntimeError: out of memory"
+    assert json.loads((tmp_path / "good.json").read_text())["rows"] == [{"model": "m", "ratio_x": 6.0}]
+    assert (tmp_path / "later.png").exists() and not (tmp_path / "bad.json").exists()
+    assert sum("queued" in line for line in lines) == 4 and sum(": ok in" in line for line in lines) == 2
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["name"] for r in on_disk["runs"]] == list(table)
 
 
 def test_presets_name_only_benchmarks_of_the_cli_table():
@@ -168,8 +186,9 @@ def test_cli_bench_all_tiny_with_a_failing_benchmark(tmp_path, monkeypatch, caps
     readme = tmp_path / "README.md"
     readme.write_text(f"{README_BEGIN}\n{README_END}\n")
     out, page = tmp_path / "out", tmp_path / "docs" / "benchmarks.rst"
+    # --jobs 1: the test's benchmark is a closure, which a spawned worker cannot import
     assert cli.main(["bench", "all", "--out", str(out), "--preset", "quick", "--page", str(page),
-                     "--readme", str(readme)]) == 0
+                     "--readme", str(readme), "--jobs", "1"]) == 0
     printed = capsys.readouterr().out
     assert "1 of 2 benchmarks ran" in printed and "not measured: broken" in printed
     text = page.read_text()

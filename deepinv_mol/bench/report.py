@@ -388,7 +388,7 @@ def run_benchmark(name: str, fn, out_dir, kwargs: dict | None = None, progress: 
 
 
 def run_all(out_dir, benchmarks: dict, preset: str = "default", only=None, skip=(), overrides: dict | None = None,
-            progress: bool = True, command: str | None = None, log=print) -> dict:
+            progress: bool = True, command: str | None = None, log=print, jobs: int = 1) -> dict:
     r"""Run every benchmark of ``benchmarks`` into ``out_dir`` and write ``out_dir/summary.json``.
 
     A failing (or unavailable) benchmark is recorded and the run goes on. The summary is rewritten after each
@@ -404,9 +404,17 @@ def run_all(out_dir, benchmarks: dict, preset: str = "default", only=None, skip=
     :param bool progress: progress bars of the benchmarks.
     :param str command: the command line, recorded on the page.
     :param log: ``print``-like callable for one line per benchmark (``None``: silent).
-    :return: the summary ``{"preset", "command", "machine", "started", "seconds", "runs": [...]}``.
-    :raises ValueError: unknown preset or benchmark names.
+    :param int jobs: benchmarks run side by side, each in its own (spawned) process with one torch thread; the
+        machine's cores are used without oversubscribing them. Memory figures are unaffected (each is the peak of
+        a fresh child process); the seconds of two benchmarks on two cores are those of a single-threaded run
+        sharing the memory bandwidth (the ratios the targets use are measured within one benchmark). With
+        ``jobs > 1`` the benchmarks' own progress bars are off (one line per benchmark instead).
+    :return: the summary ``{"preset", "command", "machine", "started", "seconds", "jobs", "runs": [...]}``
+        (``runs`` in the order of ``benchmarks``).
+    :raises ValueError: unknown preset or benchmark names, ``jobs < 1``.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, got {jobs!r}")
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     names = list(benchmarks)
@@ -417,18 +425,46 @@ def run_all(out_dir, benchmarks: dict, preset: str = "default", only=None, skip=
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"preset": preset, "command": command, "machine": machine(), "started": machine()["date"],
-               "seconds": 0.0, "runs": []}
+               "seconds": 0.0, "jobs": jobs, "runs": []}
     tic = time.perf_counter()
-    for i, name in enumerate(selected):
-        kwargs = {**PRESETS[preset].get(name, {}), **(overrides or {}).get(name, {})}
-        if log:
-            log(f"[{i + 1}/{len(selected)}] {name} {kwargs or '(defaults)'}")
-        record = run_benchmark(name, benchmarks[name], out_dir, kwargs, progress=progress)
-        summary["runs"].append(record)
+    order = {name: i for i, name in enumerate(selected)}
+
+    def finished(record):
+        summary["runs"] = sorted(summary["runs"] + [record], key=lambda r: order[r["name"]])
         summary["seconds"] = time.perf_counter() - tic
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_jsonable))
         if log:
-            log(f"    {record['status']} in {record['seconds']:.0f} s" + (f": {record['error']}" if record["error"] else ""))
+            log(f"    {record['name']}: {record['status']} in {record['seconds']:.0f} s"
+                + (f": {record['error']}" if record["error"] else ""))
+
+    def settings(name):
+        return {**PRESETS[preset].get(name, {}), **(overrides or {}).get(name, {})}
+
+    if jobs == 1 or len(selected) < 2:
+        for i, name in enumerate(selected):
+            if log:
+                log(f"[{i + 1}/{len(selected)}] {name} {settings(name) or '(defaults)'}")
+            finished(run_benchmark(name, benchmarks[name], out_dir, settings(name), progress=progress))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: a forked child of a process whose torch thread pools exist can deadlock
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = {}
+            for i, name in enumerate(selected):
+                if log:
+                    log(f"[{i + 1}/{len(selected)}] {name} {settings(name) or '(defaults)'} (queued)")
+                futures[pool.submit(run_benchmark, name, benchmarks[name], out_dir, settings(name), False)] = name
+            for future in as_completed(futures):
+                try:
+                    record = future.result()
+                except Exception as err:  # noqa: BLE001 -- e.g. a worker killed by the OOM killer
+                    record = {"name": futures[future], "status": "failed", "seconds": 0.0, "kwargs": {},
+                              "ignored": [], "json": None, "figure": None, "figure_error": None,
+                              "error": f"{type(err).__name__}: {err}"}
+                finished(record)
     summary["machine"] = machine()  # the date at the end of the run
     summary["machine"]["date"] = summary["started"]
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=_jsonable))
