@@ -745,9 +745,10 @@ def train(
     if resume and ckpt_path.exists():
         read_checkpoint(ckpt_path)  # a broken checkpoint fails here, before anything heavy
 
-    from .data.augment import augmentation_from
+    from .data.augment import Augmentation, augmentation_from
 
-    augmentation = augmentation_from(DEFAULT_AUGMENT if augment is None else augment)
+    augmentation = augmentation_from(DEFAULT_AUGMENT if augment is None else augment,
+                                     default=Augmentation(noise=getattr(task_obj, "gt_noise", None)))
     rank, world, device = init_distributed()
     train_data = task_obj.dataset("train", seed=seed)
     x0 = image_of(train_data[0])

@@ -23,17 +23,19 @@
 #
 # Usage:  bash scripts/train_pretrained.sh [mri|ct|all] [MODELS]   (from the repository root, package installed)
 #   MODELS: comma-separated subset, e.g. "modl,mol-penalty" (default: all four); two shells with disjoint subsets
-#   use both cores of a 2-core machine.
+#   use both cores of a 2-core machine. $RUNS (default runs) is the folder of the run directories: a rerun with
+#   other settings (e.g. more steps) needs a fresh one, a resume the same.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which="${1:-all}"
 only=",${2:-modl,mol-penalty,mol-strict,luser},"
+RUNS="${RUNS:-runs}"
 AUGMENT="${AUGMENT:-on}"
 COMMON="--batch-size 2 --crop 64 --eval-every 50 --val-images 4 --lr 1e-3 --seed 0 --augment $AUGMENT"
 
 train() {  # task model [extra options, later ones win]
     [[ "$only" == *",$2,"* ]] || return 0
-    OMP_NUM_THREADS=1 deepinv-mol train --task "$1" --model "$2" $COMMON "${@:3}" --out "runs/$1__$2" --resume \
+    OMP_NUM_THREADS=1 deepinv-mol train --task "$1" --model "$2" $COMMON "${@:3}" --out "$RUNS/$1__$2" --resume \
         --export deepinv_mol/weights
 }
 
@@ -44,10 +46,10 @@ if [[ "$which" == mri || "$which" == all ]]; then
     train mri-radial-4x luser --steps 150
 fi
 if [[ "$which" == ct || "$which" == all ]]; then
-    train ct-sparse-view luser --steps 200 --eval-every 40
+    train ct-sparse-view luser --steps 400
     # MOL on CT: 9-13 s a step on the shared machine (50 fixed-point iterations of CG on ASTRA projections)
-    for m in modl mol-penalty; do train ct-sparse-view "$m" --steps 200 --eval-every 40; done
-    train ct-sparse-view mol-strict --activation maxmin --steps 200 --eval-every 40
+    for m in modl mol-penalty; do train ct-sparse-view "$m" --steps 400; done
+    train ct-sparse-view mol-strict --activation maxmin --steps 400
 fi
 # the strict networks' power vectors lag their weights after training (one power step per optimiser step): converge
 # them, so every shipped certificate holds as loaded (tests/test_conv_norm.py)

@@ -107,3 +107,49 @@ def test_whole_image_training_keeps_the_image_size_with_the_default_augmentation
     state = _train(tmp_path / "whole", augment="on", crop=None)
     losses = state["loss"] if isinstance(state["loss"], list) else [state["loss"]]
     assert len(losses) >= 1 and all(math.isfinite(float(v)) for v in losses)
+
+
+def test_ground_truth_noise_has_the_drawn_level_per_channel_and_leaves_the_other_draws_alone():
+    x = torch.zeros(64, 2, 32, 32)
+    x[:, 0, 8:24, 8:24] = 2.0  # peak magnitude 2 (on the real channel)
+    plain = Augmentation(intensity=None, phase=False)
+    noisy = Augmentation(intensity=None, phase=False, noise=(0.01, 0.05))
+    a, b = plain(x, torch.Generator().manual_seed(7)), noisy(x, torch.Generator().manual_seed(7))
+    residual = (b - a).flatten(2)  # same flips/rotations (drawn first), plus the noise
+    level = residual.std(-1) / 2.0  # relative to the peak magnitude, per image and channel
+    assert float(level.min()) > 0.01 * 0.9 and float(level.max()) < 0.05 * 1.1
+    # both channels of a complex image get the same level, and the levels are uniform in the range
+    assert torch.allclose(level[:, 0], level[:, 1], rtol=0.1)
+    assert abs(float(level[:, 0].mean()) - 0.03) < 0.004
+    assert float(residual.mean(-1).abs().max()) < 0.01  # zero-mean
+    assert torch.equal(b, noisy(x, torch.Generator().manual_seed(7)))
+    # off (the default): no level or field is drawn, so the streams of older runs replay unchanged
+    g = torch.Generator().manual_seed(3)
+    plain(x[:2], g)
+    h = torch.Generator().manual_seed(3)
+    torch.rand(2 * 5, generator=h, dtype=torch.float64)
+    assert torch.equal(g.get_state(), h.get_state())
+    # real (1-channel) images: relative to the largest absolute value
+    real = Augmentation(flips=False, rotations=False, intensity=None, noise=(0.02, 0.02))
+    out = real(-3.0 * torch.ones(4, 1, 32, 32), torch.Generator().manual_seed(0))
+    assert abs(float((out + 3.0).std()) / 3.0 - 0.02) < 0.002
+    with pytest.raises(ValueError, match="noise must be"):
+        Augmentation(noise=(0.05, 0.01))
+    # records written before the noise existed rebuild without it; "on" means the caller's default
+    old = {k: v for k, v in noisy.to_dict().items() if k != "noise"}
+    assert augmentation_from(old).noise is None and augmentation_from(noisy.to_dict()) == noisy
+    assert augmentation_from("on", default=noisy) is noisy and augmentation_from("on") == Augmentation()
+
+
+def test_mri_tasks_train_with_ground_truth_noise_ct_tasks_without(tmp_path):
+    from deepinv_mol.tasks import get_task
+
+    assert get_task("mri-radial-4x").gt_noise == (0.0, 0.05) and get_task("mri-3d").gt_noise == (0.0, 0.05)
+    assert get_task("ct-sparse-view").gt_noise is None
+    with pytest.raises(ValueError, match="noise must be"):
+        get_task("mri-radial-4x", gt_noise=(0.1, 0.0))
+    task = TinyTask()
+    task.gt_noise = (0.0, 0.05)  # a task-shaped object carrying the setting: "on" adds the noise, recorded
+    state = training.train(task, "modl", out=tmp_path / "noisy", steps=2, batch_size=2, crop=16, lr=1e-2,
+                           eval_every=2, val_images=2, seed=3, config=TINY, progress=False, augment="on")
+    assert state["run_config"]["augment"] == Augmentation(noise=(0.0, 0.05)).to_dict()
