@@ -263,8 +263,8 @@ def markdown_table(rows: list, columns: list, digits: int = 3) -> str:
 #: signature changes still runs, with its defaults; a benchmark missing here runs with its defaults.
 #: ``quick``: tiny sizes (minutes; a check that everything runs, not figures to quote). ``default``: the
 #: figures of the results page at sizes meant to fit a 2-core CPU in an hour with ``--jobs 2`` (memory and speed
-#: at the issue's 256², robustness and convergence at 64²; one job took 73 min for the four memory benchmarks
-#: alone in session 6). ``full``: the realistic sizes (an hour or more on 2 cores).
+#: at the issue's 256², robustness and convergence at 64²; a sequential run took 73 min for the four memory benchmarks
+#: alone on 2 cores). ``full``: the realistic sizes (an hour or more on 2 cores).
 PRESETS = {
     "quick": {
         "memory": dict(img_size=64, num_iter=10, width=16),
