@@ -317,6 +317,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config=config,
             progress=not args.quiet,
             augment=args.augment,
+            algo_lr=args.algo_lr,
         )
     except (CheckpointError, NonFiniteLossError) as err:  # the run's state, not a bug: one line, exit 2
         raise CLIError(str(err)) from err
@@ -561,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive, default=4)
     t.add_argument("--crop", type=_nonneg, default=None, help="square training crop side (default: the task's; 0: whole images)")
     t.add_argument("--lr", type=_positive_float, default=1e-3)
+    t.add_argument("--algo-lr", dest="algo_lr", type=_positive_float, default=None,
+                   help="learning rate of MOL's data weight, MoDL's and LUSER's step sizes (default: --lr)")
     t.add_argument("--out", default=None, help="output folder (default runs/<task>__<model>)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--seed", type=int, default=0)

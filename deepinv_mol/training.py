@@ -56,6 +56,7 @@ __all__ = [
     "CHECKPOINT",
     "CURVES",
     "DEFAULT_AUGMENT",
+    "algorithm_parameters",
     "FINAL",
     "HISTORY",
     "CheckpointError",
@@ -662,6 +663,25 @@ def _psnr_validator(x_val: torch.Tensor, y_val: torch.Tensor, physics, complex_i
     return validate
 
 
+def algorithm_parameters(model: torch.nn.Module) -> list:
+    r"""The parameters of a reconstruction algorithm that are not its network's: every trainable parameter outside
+    the convolution layers (MOL's ``raw_lambda``, MoDL's step sizes, LUSER's ``log_step_size``).
+
+    :param torch.nn.Module model: a model of :func:`deepinv_mol.pretrained.build_model` (or any module).
+    :return: the parameters, in ``model.parameters()`` order.
+
+    :Examples:
+
+        >>> from deepinv_mol.pretrained import build_model, default_config
+        >>> from deepinv_mol.training import algorithm_parameters
+        >>> [tuple(p.shape) for p in algorithm_parameters(build_model("luser", config=default_config("luser", 2)))]
+        [(5,)]
+    """
+    convs = {id(p) for module in model.modules() if isinstance(module, torch.nn.modules.conv._ConvNd)
+             for p in module.parameters()}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in convs]
+
+
 def train(
     task: str,
     model: str,
@@ -681,6 +701,7 @@ def train(
     progress: bool = True,
     penalty_weight: float = 1e-4,
     augment=None,
+    algo_lr: float | None = None,
 ) -> dict:
     r"""Train a learned model on a task (the ``deepinv-mol train`` command), with :class:`StepTrainer`.
 
@@ -714,6 +735,9 @@ def train(
         flips, 90° rotations, log-uniform intensity, random global MRI phase; ``False``/``"off"`` none; a dict of
         :class:`~deepinv_mol.data.augment.Augmentation` fields); ``None``: :data:`DEFAULT_AUGMENT`. Drawn from each
         sample's stream generator (resumes bit-identically) and recorded in the run configuration (and the manifest).
+    :param float algo_lr: learning rate of the algorithm's own parameters (:func:`algorithm_parameters`: MOL's data
+        weight, MoDL's and LUSER's step sizes), ``None``: ``lr``. With ``lr`` they barely move in a few hundred Adam
+        steps (MOL's :math:`\lambda` 2.0 -> 2.014 in 150 steps: Adam moves each parameter by about ``lr`` a step).
     :return: the history dict written to ``history.json`` (plus ``"out"``).
     :raises ValueError: unknown task/model, bad sizes, ``out`` already holding a run without ``resume``.
     :raises CheckpointError: ``resume`` from an unreadable, unsafe or non-finite checkpoint.
@@ -726,8 +750,9 @@ def train(
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
         if isinstance(value, bool) or int(value) != value or int(value) < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    for name, value in (("lr", lr), ("algo_lr", lr if algo_lr is None else algo_lr)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     if model not in LEARNED_MODELS:
         raise ValueError(f"unknown model {model!r}: expected one of {', '.join(LEARNED_MODELS)}")
     if optimizer not in ("adam", "sgd"):
@@ -780,8 +805,13 @@ def train(
         "augment": None if augmentation is None else augmentation.to_dict(),
         "config": config,
         **({"penalty_weight": float(penalty_weight)} if model == "mol-penalty" else {}),
+        **({"algo_lr": float(algo_lr)} if algo_lr is not None and algo_lr != lr else {}),
     }
     params = [p for p in net.parameters() if p.requires_grad]
+    if algo_lr is not None and algo_lr != lr:  # a second parameter group (one group otherwise: older checkpoints load)
+        algo = {id(p) for p in algorithm_parameters(net)}
+        params = [{"params": [p for p in params if id(p) not in algo]},
+                  {"params": [p for p in params if id(p) in algo], "lr": float(algo_lr)}]
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
     n_rounds = -(-int(steps) // int(eval_every))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(n_rounds, 1), eta_min=lr * 0.1)

@@ -229,3 +229,22 @@ def test_torchrun_cli_on_the_real_task(tmp_path):
     assert g_one.norm() > 0
     # float32 noise only (torchkbnufft's threaded interpolation is not bitwise reproducible)
     assert (g_ddp - g_one).norm() <= 1e-4 * g_one.norm()
+
+
+def test_algo_lr_moves_the_algorithm_parameters_at_their_own_rate(tmp_path):
+    # plain SGD, one step: the network moves by -lr * grad in both runs, MoDL's step sizes by -algo_lr * grad
+    def run(name, **kw):
+        _train(tmp_path / name, steps=1, eval_every=1, val_images=0, optimizer="sgd", lr=1e-2, **kw)
+        return _weights(tmp_path / name / training.FINAL)
+
+    frozen, same, fast = run("frozen", algo_lr=1e-12), run("same"), run("fast", algo_lr=1e-1)
+    steps = [k for k in same if "stepsize" in k]
+    assert steps and any(float((same[k] - frozen[k]).abs()) > 1e-6 for k in steps)
+    for k in same:
+        if k in steps:
+            assert torch.allclose(fast[k] - frozen[k], 10 * (same[k] - frozen[k]), rtol=1e-3, atol=2e-6), k  # float32 near 1
+        else:
+            assert torch.equal(fast[k], same[k]) and torch.equal(frozen[k], same[k]), k
+    with pytest.raises(ValueError, match="algo_lr must be a positive"):
+        run("bad", algo_lr=0.0)
+    assert json.loads((tmp_path / "fast" / training.HISTORY).read_text())["run_config"]["algo_lr"] == 0.1
