@@ -623,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="projected-gradient ascent steps (robustness)")
     b.add_argument("--out", default=None, help="bench all: folder of the JSON and PNG files")
     b.add_argument("--preset", default="default", choices=["quick", "default", "full"],
-                   help="bench all: sizes (quick: minutes, a check; default: the results page, well under an hour "
-                        "on 2 cores; full: realistic sizes)")
+                   help="bench all: sizes (quick: minutes, a check; default: the results page, meant to fit an hour "
+                        "on 2 cores with --jobs 2; full: realistic sizes)")
     b.add_argument("--only", default=None, help="bench all: comma-separated benchmarks to run")
     b.add_argument("--skip", default=None, help="bench all: comma-separated benchmarks not to run")
     b.add_argument("--page", default=None, help="bench all: the results page to write (default OUT/benchmarks.rst; "
