@@ -579,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--export", default=None, help="when finished (or stopped by --stop-after), copy best weights + manifest entry here")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--augment", choices=("on", "off"), default=None,
-                   help="training augmentation: flips, 90-degree rotations, intensity, MRI global phase "
+                   help="training augmentation: flips, 90-degree rotations, intensity, pixel size, MRI global phase and "
+                        "ground-truth noise (the task's gt_noise) "
                         "(default: deepinv_mol.training.DEFAULT_AUGMENT)")
     t.add_argument("--scale-equivariant", choices=("on", "off"), default="on",
                    help="the model reconstructs s G(y/s) with the measurements' intensity scale s (default on)")

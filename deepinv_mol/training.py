@@ -732,7 +732,8 @@ def train(
         (validation PSNR flat at the CG level). At 1e-4 the MSE leads and the barrier still stops the
         constant at the threshold, where its gradient grows as ``weight / (T - L)``.
     :param augment: training augmentation (:func:`deepinv_mol.data.augment.augmentation_from`: ``True``/``"on"``
-        flips, 90° rotations, log-uniform intensity, random global MRI phase; ``False``/``"off"`` none; a dict of
+        flips, 90° rotations, log-uniform intensity, random global MRI phase, random pixel size, and the task's
+        ground-truth noise (:attr:`~deepinv_mol.tasks.Task.gt_noise`, on for MRI); ``False``/``"off"`` none; a dict of
         :class:`~deepinv_mol.data.augment.Augmentation` fields); ``None``: :data:`DEFAULT_AUGMENT`. Drawn from each
         sample's stream generator (resumes bit-identically) and recorded in the run configuration (and the manifest).
     :param float algo_lr: learning rate of the algorithm's own parameters (:func:`algorithm_parameters`: MOL's data
@@ -810,8 +811,9 @@ def train(
     params = [p for p in net.parameters() if p.requires_grad]
     if algo_lr is not None and algo_lr != lr:  # a second parameter group (one group otherwise: older checkpoints load)
         algo = {id(p) for p in algorithm_parameters(net)}
-        params = [{"params": [p for p in params if id(p) not in algo]},
+        groups = [{"params": [p for p in params if id(p) not in algo]},
                   {"params": [p for p in params if id(p) in algo], "lr": float(algo_lr)}]
+        params = [group for group in groups if group["params"]]
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
     n_rounds = -(-int(steps) // int(eval_every))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(n_rounds, 1), eta_min=lr * 0.1)
