@@ -5,20 +5,22 @@
 # interruption) and, once all steps are done, exports its best-validation weights plus a manifest entry
 # (command, training time, validation curve) into deepinv_mol/weights/.
 #
-# Retraining configuration (issue 15, "Retrain all shipped models"), run on 2026-12-03: the weights shipped now
-# (2.1 h of training in total on the 2-core CPU, two runs side by side; times and curves in the manifest):
+# Retraining configuration (issue 15, "Retrain all shipped models"), second round run on 2026-12-03 with
+# RUNS=runs_noise: the weights shipped now (3.7 h of training in total on the 2-core CPU, up to five jobs side by
+# side; times and curves in the manifest):
 #   * every model scale-equivariant (the default of `deepinv-mol train`: x(y) = s(y) G(y/s(y)), docs/theory.rst);
 #   * equal budgets: MOL-penalty, MOL-strict and MoDL get the same CNN (width 32, depth 5), the same steps, crops, batch
-#     and data on each task (MoDL was stopped at 150 of a 250-step schedule before; now the same 150-step schedule);
+#     and data on each task;
 #   * LUSER with the configuration its benchmark uses, the current class defaults (5x5 kernels, plain inner
-#     iteration), trained on the same crops and steps as the others (the old MRI LUSER: 48x48 crops, 60 steps);
-#   * MRI MOL-strict with MaxMin activations like CT's;
-#   * training augmentation ($AUGMENT: pixel size x1-2, flips, 90-degree rotations, intensity x0.5-2, global phase;
-#     see the generalisation study in docs/pretrained.rst).
-# Sizes were chosen for a 2-core CPU and a ~1-hour budget per run: 64x64 crops, batch 2, width-32 networks,
-# 150 steps (MRI) / 200 steps (CT; a MOL step on CT is several times slower: ASTRA CPU projections in every CG
-# iteration). Runs are resumable: rerun a line (it passes --resume) to continue after an interruption, or raise
-# --steps (e.g. 5000) and --crop (128) on a real machine, or run data-parallel:
+#     iteration), trained on the same crops and steps as the others;
+#   * MOL-strict with MaxMin activations on both tasks;
+#   * training augmentation ($AUGMENT: pixel size x1-2, flips, 90-degree rotations, intensity x0.5-2, global phase,
+#     and for MRI the task's ground-truth noise, levels 0-0.05 of the peak; see the generalisation study in
+#     docs/pretrained.rst).
+# Sizes were chosen for a 2-core CPU: 64x64 crops, batch 2, width-32 networks, 150 steps (MRI) / 400 steps (CT;
+# 200 in the first round, 400 gained 0.2-0.3 dB on the held-out slabs). Runs are resumable: rerun a line (it passes
+# --resume) to continue after an interruption; with other settings (e.g. --steps 5000 and --crop 128 on a real
+# machine) use a fresh RUNS folder (a checkpoint resumes only the settings it was written with), or run data-parallel:
 #   torchrun --nproc_per_node=N -m deepinv_mol.cli train ...
 #
 # Usage:  bash scripts/train_pretrained.sh [mri|ct|all] [MODELS]   (from the repository root, package installed)
