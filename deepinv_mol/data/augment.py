@@ -46,6 +46,14 @@ from .simulation import resize_images
 __all__ = ["Augmentation", "augmentation_from"]
 
 
+#: the ``(low, high)`` options of :class:`Augmentation`: the lower bound in words and its check
+_RANGES = {
+    "intensity": ("0 < low", lambda low: low > 0),
+    "zoom": ("1 <= low", lambda low: low >= 1),
+    "noise": ("0 <= low", lambda low: low >= 0),
+}
+
+
 @dataclass(frozen=True)
 class Augmentation:
     r"""Random symmetries and intensity changes of ground-truth images (see the module docstring).
@@ -83,31 +91,21 @@ class Augmentation:
         for name in ("flips", "rotations", "phase"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"Augmentation.{name} must be a bool, got {getattr(self, name)!r}")
-        if self.intensity is not None:
-            rng = tuple(self.intensity)
+        for name, (lower, low_ok) in _RANGES.items():  # the (low, high) options, each with its lower bound
+            value = getattr(self, name)
+            if value is None:
+                continue
+            rng = tuple(value)
             if (len(rng) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
-                    or not all(math.isfinite(v) for v in rng) or not 0 < rng[0] <= rng[1]):
-                raise ValueError(f"Augmentation.intensity must be (low, high) with 0 < low <= high, got {self.intensity!r}")
-            object.__setattr__(self, "intensity", (float(rng[0]), float(rng[1])))
-        if self.zoom is not None:
-            rng = tuple(self.zoom)
-            if (len(rng) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
-                    or not all(math.isfinite(v) for v in rng) or not 1 <= rng[0] <= rng[1]):
-                raise ValueError(f"Augmentation.zoom must be (low, high) with 1 <= low <= high, got {self.zoom!r}")
-            object.__setattr__(self, "zoom", (float(rng[0]), float(rng[1])))
-        if self.noise is not None:
-            rng = tuple(self.noise)
-            if (len(rng) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in rng)
-                    or not all(math.isfinite(v) for v in rng) or not 0 <= rng[0] <= rng[1]):
-                raise ValueError(f"Augmentation.noise must be (low, high) with 0 <= low <= high, got {self.noise!r}")
-            object.__setattr__(self, "noise", (float(rng[0]), float(rng[1])))
+                    or not all(math.isfinite(v) for v in rng) or not low_ok(rng[0]) or not rng[0] <= rng[1]):
+                raise ValueError(f"Augmentation.{name} must be (low, high) with {lower} <= high, got {value!r}")
+            object.__setattr__(self, name, (float(rng[0]), float(rng[1])))
 
     def to_dict(self) -> dict:
         r"""JSON-serialisable settings (``Augmentation(**aug.to_dict())`` rebuilds it)."""
         d = asdict(self)
-        d["intensity"] = None if self.intensity is None else list(self.intensity)
-        d["zoom"] = None if self.zoom is None else list(self.zoom)
-        d["noise"] = None if self.noise is None else list(self.noise)
+        for name in _RANGES:
+            d[name] = None if d[name] is None else list(d[name])
         return d
 
     def rescale(self, image: Tensor, generator: torch.Generator, min_side: int | None = None) -> Tensor:
