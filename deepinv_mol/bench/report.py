@@ -321,6 +321,12 @@ def _accepted(fn, kwargs: dict) -> tuple[dict, list]:
     return {k: v for k, v in kwargs.items() if k in params}, sorted(k for k in kwargs if k not in params)
 
 
+def _record(name: str, status: str, error: str | None = None) -> dict:
+    # the record of one benchmark in the summary, before (or without) a run
+    return {"name": name, "status": status, "seconds": 0.0, "kwargs": {}, "ignored": [], "json": None,
+            "figure": None, "error": error, "figure_error": None}
+
+
 def run_benchmark(name: str, fn, out_dir, kwargs: dict | None = None, progress: bool = False) -> dict:
     r"""Run one benchmark function into ``out_dir/NAME.json`` (+ ``NAME.png``) and say how it went; never raises
     for a failure of the benchmark itself.
@@ -350,8 +356,7 @@ def run_benchmark(name: str, fn, out_dir, kwargs: dict | None = None, progress: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name.replace("/", "-")
-    record = {"name": name, "status": "unavailable", "seconds": 0.0, "kwargs": {}, "ignored": [], "json": None,
-              "figure": None, "error": None, "figure_error": None}
+    record = _record(name, "unavailable")
     if fn is None:
         record["error"] = "not available in this installation"
         return record
@@ -463,9 +468,7 @@ def run_all(out_dir, benchmarks: dict, preset: str = "default", only=None, skip=
                 try:
                     record = future.result()
                 except Exception as err:  # noqa: BLE001 -- e.g. a worker killed by the OOM killer
-                    record = {"name": futures[future], "status": "failed", "seconds": 0.0, "kwargs": {},
-                              "ignored": [], "json": None, "figure": None, "figure_error": None,
-                              "error": f"{type(err).__name__}: {err}"}
+                    record = _record(futures[future], "failed", error=f"{type(err).__name__}: {err}")
                 finished(record)
     summary["machine"] = machine()  # the date at the end of the run
     summary["machine"]["date"] = summary["started"]
