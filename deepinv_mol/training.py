@@ -792,6 +792,7 @@ def train(
                                 TASK_SCALE_REFERENCE.get(task_obj.name, 1.0))
     torch.manual_seed(seed)
     net = build_model(model, config=config).to(device)
+    own_algo_lr = algo_lr is not None and algo_lr != lr
     run_config = {
         "task": task_obj.name,
         "model": model,
@@ -806,10 +807,10 @@ def train(
         "augment": None if augmentation is None else augmentation.to_dict(),
         "config": config,
         **({"penalty_weight": float(penalty_weight)} if model == "mol-penalty" else {}),
-        **({"algo_lr": float(algo_lr)} if algo_lr is not None and algo_lr != lr else {}),
+        **({"algo_lr": float(algo_lr)} if own_algo_lr else {}),
     }
     params = [p for p in net.parameters() if p.requires_grad]
-    if algo_lr is not None and algo_lr != lr:  # a second parameter group (one group otherwise: older checkpoints load)
+    if own_algo_lr:  # a second parameter group (one group otherwise: older checkpoints load)
         algo = {id(p) for p in algorithm_parameters(net)}
         groups = [{"params": [p for p in params if id(p) not in algo]},
                   {"params": [p for p in params if id(p) in algo], "lr": float(algo_lr)}]
