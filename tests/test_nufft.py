@@ -178,6 +178,48 @@ def test_toeplitz_equals_nufft_pair(case, rng):
     assert physics.adjointness_test(x, num_samples=2) < 1e-4
 
 
+def _stack_of_stars(depth, in_plane, spokes, samples):
+    """kz partitions on the DFT grid of ``depth`` slices, each with its own radial spokes."""
+    radial = radial_trajectory(spokes, samples, frames=depth)  # (depth, 2, spokes * samples)
+    kz = 2 * math.pi * (torch.arange(depth, dtype=torch.float32) - depth // 2) / depth
+    kz = kz[:, None, None].expand(depth, 1, radial.shape[-1])
+    return torch.cat([kz, radial], dim=1).permute(1, 0, 2).reshape(3, -1)
+
+
+@pytest.mark.parametrize("depth", [5, 6])
+def test_stack_of_stars_kernel_folded_on_cartesian_axis(depth, rng):
+    img = (depth, 11, 10)
+    traj = _stack_of_stars(depth, img[1:], 5, 24)
+    physics = NufftMRI(traj, img, coil_maps=birdcage_maps(3, img, coils_per_ring=2))
+    # kz on the grid: no zero padding along it (half the FFT work), in-plane padded as torchkbnufft does
+    assert physics.cartesian_axes() == (0,)
+    assert tuple(physics.toeplitz_kernel.shape) == (depth, 22, 20)
+    x = torch.randn(2, 2, *img, generator=rng)
+    assert _rel(physics.A_adjoint_A(x), physics.A_adjoint(physics.A(x))) < 1e-4
+    # off the grid (kz shifted by a quarter step): not folded, and still exact
+    shifted = traj.clone()
+    shifted[0] += 0.5 * math.pi / depth
+    off = NufftMRI(shifted, img, coil_maps=birdcage_maps(3, img, coils_per_ring=2))
+    assert off.cartesian_axes() == () and tuple(off.toeplitz_kernel.shape) == (2 * depth, 22, 20)
+    assert _rel(off.A_adjoint_A(x), off.A_adjoint(off.A(x))) < 1e-4
+
+
+def test_cartesian_trajectory_folds_every_axis(rng):
+    h, w = 8, 7
+    ky, kx = torch.meshgrid(torch.arange(h) - h // 2, torch.arange(w) - w // 2, indexing="ij")
+    keep = torch.rand(h, w, generator=rng) < 0.6
+    traj = torch.stack((2 * math.pi * ky[keep] / h, 2 * math.pi * kx[keep] / w)).float()
+    physics = NufftMRI(traj, (h, w))
+    assert physics.cartesian_axes() == (0, 1) and tuple(physics.toeplitz_kernel.shape) == (h, w)
+    x = torch.randn(1, 2, h, w, generator=rng)
+    # A^H A of a Cartesian mask: a projection with the mask in the unitary DFT domain
+    z = torch.fft.fftshift(torch.fft.fft2(torch.complex(x[0, 0], x[0, 1]), norm="ortho"))
+    ref = torch.fft.ifft2(torch.fft.ifftshift(z * keep), norm="ortho")
+    got = physics.A_adjoint_A(x)
+    scale = float(physics.operator_norm) ** 2 if physics.normalize else 1.0
+    assert _rel(torch.complex(got[0, 0], got[0, 1]) * scale, ref) < 1e-4
+
+
 def test_per_batch_coil_maps_equal_separate_operators(rng):
     maps = torch.stack([birdcage_maps(4, IMG), birdcage_maps(4, IMG, radius=2.0)])
     traj = radial_trajectory(24, 64)

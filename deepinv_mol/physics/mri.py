@@ -424,7 +424,42 @@ class NufftMRI(LinearPhysics):
                 self.trajectory, im_size=self.im_size, grid_size=self.grid_size,
                 numpoints=self.numpoints, norm="ortho",
             )
-        return kernel * self._scale**2
+        return self._fold_cartesian_axes(kernel) * self._scale**2
+
+    def cartesian_axes(self) -> tuple[int, ...]:
+        r"""Spatial axes (0 = the first spatial dimension of ``img_size``) on which every sample of the
+        trajectory lies on the image's DFT grid (:math:`k\,n/2\pi` an integer), e.g. the :math:`k_z` partitions
+        of a stack-of-stars: along them :math:`A^HA` is a circular convolution and needs no zero padding."""
+        d = len(self.im_size)
+        coords = self.trajectory.reshape(-1, d, self.trajectory.shape[-1]).transpose(0, 1).reshape(d, -1)
+        axes = []
+        for axis, n in enumerate(self.im_size):
+            index = coords[axis].double() * (n / (2 * math.pi))
+            if bool(((index - index.round()).abs() <= 1e-4).all()):
+                axes.append(axis)
+        return tuple(axes)
+
+    def _fold_cartesian_axes(self, kernel: torch.Tensor) -> torch.Tensor:
+        r"""Fold torchkbnufft's Toeplitz kernel (twice the image size on every axis) to the image size on the
+        :meth:`cartesian_axes`.
+
+        Along such an axis the point-spread function is periodic with the image's period, so one period
+        filtered circularly gives the same :math:`A^HA` (to float32 rounding) at half the FFT work per folded
+        axis; ``ToepNufft`` pads to the kernel's size, so it runs unchanged (mri-3d, 16x64x64, 8 coils: 0.127 ->
+        0.062 s per :math:`A^HA`). Ours because torchkbnufft pads every axis. An axis whose computed
+        point-spread function is not periodic to 1e-4 stays padded."""
+        d = len(self.im_size)
+        for axis in self.cartesian_axes():
+            n, dim = self.im_size[axis], kernel.ndim - d + axis
+            if kernel.shape[dim] != 2 * n:
+                continue
+            psf = torch.fft.ifft(kernel, dim=dim)
+            # offsets 1..n-1 against 1-n..-1: equal when periodic
+            head, tail = psf.narrow(dim, 1, n - 1), psf.narrow(dim, n + 1, n - 1)
+            if float((head - tail).norm()) > 1e-4 * float(psf.norm()):
+                continue
+            kernel = torch.fft.fft(psf.narrow(dim, 0, n), dim=dim)
+        return kernel
 
     def _pipe_density(self) -> torch.Tensor:
         tkbn = _torchkbnufft()
