@@ -515,3 +515,20 @@ def test_on_package_physics_converges_and_implicit_gradient_matches_unrolled(nam
     flat_got, flat_ref = torch.cat([g.flatten() for g in got]), torch.cat([g.flatten() for g in ref])
     assert float(torch.nn.functional.cosine_similarity(flat_got, flat_ref, dim=0)) > 0.99
     assert float((flat_got - flat_ref).norm() / flat_ref.norm()) < 0.05
+
+
+def test_tol_zero_stops_cg_at_the_precision_floor(problem):
+    """tol=0 runs exactly max_iter iterations; once the iterate has converged to float32 precision its
+    data-consistency solves cost nothing (CG stops at 10 eps, not only by the forcing term)."""
+    physics, _, y = problem
+    net = _net().eval()
+    runs = {}
+    for iters in (40, 80):
+        model = MOL(net, lambda_=10.0, tol=0.0, max_iter=iters, warn=False)
+        with torch.no_grad():
+            runs[iters] = (model(y, physics), model.stats)
+    (x40, s40), (x80, s80) = runs[40], runs[80]
+    assert s40["iterations"] == 40 and s80["iterations"] == 80
+    assert _rel(x80, x40) < 1e-5
+    # the 40 extra outer iterations add (almost) no CG iterations; the forcing term alone would add >= 40
+    assert s80["cg_iterations"] - s40["cg_iterations"] <= 4, (s40["cg_iterations"], s80["cg_iterations"])
